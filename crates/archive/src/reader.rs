@@ -1,0 +1,1 @@
+//! Reading bags (folders and zips). (being written)

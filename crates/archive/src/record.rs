@@ -1,0 +1,184 @@
+//! The provenance records ferry writes beside the payload: one `ferry/items.jsonl` line per item
+//! and `ferry/run.json` per run. Their JSON Schemas are in `manifests/`.
+
+use std::collections::BTreeMap;
+
+use ferry_core::{ChecksumCheck, Item, ItemKind, SourceInfo, SourceRef, StoredItem};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Where ferry's own tag files live inside a bag.
+pub const ITEMS_JSONL: &str = "ferry/items.jsonl";
+/// Items that could not be archived.
+pub const FAILURES_JSONL: &str = "ferry/failures.jsonl";
+/// The run record.
+pub const RUN_JSON: &str = "ferry/run.json";
+
+/// Version of the items.jsonl / run.json format; bumped on incompatible changes.
+pub const RECORD_FORMAT: &str = "ferry-items/1";
+
+/// One line of `ferry/items.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemRecord {
+    /// Payload path inside the bag (`data/…`), or `null` when the item has no stored bytes.
+    pub path: Option<String>,
+    /// Bytes stored.
+    pub size: Option<u64>,
+    /// Digests of the stored bytes, by algorithm name (the same as the payload manifests).
+    pub digests: BTreeMap<String, String>,
+    /// What the item is (`file`, `symlink`, `empty_directory`, `other`) and its particulars.
+    #[serde(flatten)]
+    pub kind: ItemKind,
+    /// Why the item was recorded without bytes, when it was.
+    pub skipped: Option<String>,
+    /// Media type, if known.
+    pub media_type: Option<String>,
+    /// Where the item came from.
+    pub source: SourceRef,
+    /// The source's own checksums and whether the received bytes matched them.
+    pub source_checksums: Vec<ChecksumCheck>,
+    /// Created at the source.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created: Option<OffsetDateTime>,
+    /// Last modified at the source.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub modified: Option<OffsetDateTime>,
+    /// When ferry finished reading it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retrieved_at: Option<OffsetDateTime>,
+    /// A format conversion applied on the way (e.g. Google Docs → ODF), `null` for none.
+    pub conversion: Option<serde_json::Value>,
+    /// Source-specific metadata.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ItemRecord {
+    /// The record of an item stored in the payload.
+    pub fn stored(item: &Item, stored: &StoredItem) -> Self {
+        ItemRecord {
+            path: Some(stored.path.clone()),
+            size: Some(stored.size),
+            digests: stored
+                .digests
+                .iter()
+                .map(|(a, d)| (a.name().to_string(), d.clone()))
+                .collect(),
+            kind: item.kind.clone(),
+            skipped: None,
+            media_type: item.media_type.clone(),
+            source: item.source.clone(),
+            source_checksums: stored.checks.clone(),
+            created: item.created,
+            modified: item.modified,
+            retrieved_at: Some(stored.retrieved_at),
+            conversion: None,
+            extra: item.extra.clone(),
+        }
+    }
+
+    /// The record of an item that has no bytes to store.
+    pub fn skipped(item: &Item, reason: &str) -> Self {
+        ItemRecord {
+            path: None,
+            size: item.size,
+            digests: BTreeMap::new(),
+            kind: item.kind.clone(),
+            skipped: Some(reason.to_string()),
+            media_type: item.media_type.clone(),
+            source: item.source.clone(),
+            source_checksums: Vec::new(),
+            created: item.created,
+            modified: item.modified,
+            retrieved_at: Some(OffsetDateTime::now_utc()),
+            conversion: None,
+            extra: item.extra.clone(),
+        }
+    }
+}
+
+/// `ferry/run.json`: what ran, when, with which options, and what came of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// [`RECORD_FORMAT`].
+    pub format: String,
+    /// `ferry <version>`.
+    pub tool: String,
+    /// The command line's intent: `export`.
+    pub command: String,
+    /// The sources read.
+    pub sources: Vec<SourceInfoRecord>,
+    /// Options that shaped the archive (digests, concurrency, compression, …).
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// When the run (and any earlier interrupted attempts it resumed) started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// When the bag was completed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished: OffsetDateTime,
+    /// How many attempts it took (1 + resumes).
+    pub attempts: u32,
+    /// Counts over all attempts.
+    pub counts: RunCounts,
+    /// Per-source totals: what the listing found against what was archived.
+    pub totals: Vec<SourceTotals>,
+    /// Whether every listed item was archived or deliberately skipped.
+    pub complete: bool,
+}
+
+/// A source as recorded in run.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceInfoRecord {
+    /// As the user named it.
+    pub uri: String,
+    /// `fs`, `s3`, …
+    pub system: String,
+    /// Connector and version.
+    pub connector: String,
+    /// Options that shaped the listing.
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&SourceInfo> for SourceInfoRecord {
+    fn from(info: &SourceInfo) -> Self {
+        SourceInfoRecord {
+            uri: info.uri.clone(),
+            system: info.system.clone(),
+            connector: info.connector.clone(),
+            options: info.options.clone(),
+        }
+    }
+}
+
+/// Item counts of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunCounts {
+    /// Payload files in the bag.
+    pub archived_items: u64,
+    /// Payload bytes in the bag.
+    pub archived_bytes: u64,
+    /// Items recorded without bytes.
+    pub skipped_items: u64,
+    /// Items in `ferry/failures.jsonl`.
+    pub failed_items: u64,
+    /// Transfers retried.
+    pub retries: u64,
+}
+
+/// Listing totals against archive totals for one source.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceTotals {
+    /// The source's URI.
+    pub source: String,
+    /// Items the listing found, all kinds (last attempt).
+    pub listed_items: u64,
+    /// Bytes the listing stated (last attempt).
+    pub listed_bytes: u64,
+    /// Items stored, over all attempts.
+    pub archived_items: u64,
+    /// Items recorded without bytes.
+    pub skipped_items: u64,
+    /// Items that failed.
+    pub failed_items: u64,
+    /// Skipped items by reason.
+    pub skipped_reasons: BTreeMap<String, u64>,
+}

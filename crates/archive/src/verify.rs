@@ -1,0 +1,1 @@
+//! Verifying bags. (being written)

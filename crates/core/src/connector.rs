@@ -1,0 +1,69 @@
+//! The one interface every source implements.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::item::Item;
+use crate::report::Failure;
+
+/// An item's content as a stream of byte chunks.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// What a listing yields: items, and failures to list part of the source.
+///
+/// A listing failure (an unreadable folder, a page that keeps failing) is not fatal: it is
+/// recorded and the rest of the source is still listed. A fatal error is an `Err` in the stream.
+#[derive(Debug)]
+pub enum Listing {
+    /// An item found at the source.
+    Item(Item),
+    /// Part of the source could not be listed.
+    Failed(Failure),
+}
+
+/// A stream of listing entries; an `Err` stops the run (wrong credentials, missing source).
+pub type ListingStream<'a> = BoxStream<'a, Result<Listing>>;
+
+/// What a connector says about the source it reads, for run records.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceInfo {
+    /// The source as the user named it, with any secrets removed (`fs:/srv/share`).
+    pub uri: String,
+    /// The source system (`fs`, `s3`, …).
+    pub system: String,
+    /// Connector name and version, e.g. `ferry-fs 0.1.0`.
+    pub connector: String,
+    /// Options that change what is listed or how (no secrets).
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A source of items: lists what is there and opens each item as a stream of bytes.
+///
+/// Implementations handle their API's paging, cursors and throttling and nothing else: hashing,
+/// retries of whole transfers, concurrency and archiving are the pipeline's and the sink's.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// Describes the source for run records.
+    fn info(&self) -> SourceInfo;
+
+    /// Checks before anything is written that the source exists and can be read, so that wrong
+    /// credentials or a mistyped name fail fast with a [`Fatal`](crate::ErrorKind::Fatal) error.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Lists every item, in a deterministic order where the source allows.
+    fn list(&self) -> ListingStream<'_>;
+
+    /// Opens an item's content, starting at byte `offset` (0 for the whole item).
+    async fn open(&self, item: &Item, offset: u64) -> Result<ByteStream>;
+
+    /// Called after an item's bytes were read in full: lets a connector notice that the item
+    /// changed at the source while it was being read (a transient error retries it).
+    async fn confirm(&self, _item: &Item) -> Result<()> {
+        Ok(())
+    }
+}

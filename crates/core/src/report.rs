@@ -1,0 +1,153 @@
+//! The outcome of a run: what was archived, what was skipped and why, what failed and why.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::item::{ChecksumAlgorithm, SourceRef};
+
+/// The result of checking one source-stated checksum against the bytes received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecksumCheck {
+    /// The algorithm.
+    pub algorithm: ChecksumAlgorithm,
+    /// What the source stated.
+    pub value: String,
+    /// Whether the received bytes matched it.
+    pub verified: bool,
+}
+
+/// An item, or part of a listing, that could not be archived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    /// Which item, when the failure concerns one.
+    pub source: Option<SourceRef>,
+    /// A human-readable name of what failed (an item or a part of the source).
+    pub name: String,
+    /// The stage that failed: `list`, `download`, `check`, `write`.
+    pub stage: String,
+    /// Why, in one sentence.
+    pub error: String,
+    /// How many attempts were made.
+    pub attempts: u32,
+    /// When the last attempt failed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// An item that was deliberately not archived.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Skipped {
+    /// A human-readable name of the item.
+    pub name: String,
+    /// Why it was not archived.
+    pub reason: String,
+}
+
+/// What happened to one item.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Stored in the archive, at this payload path, with this many bytes.
+    Archived {
+        /// Payload path inside the archive.
+        path: String,
+        /// Bytes stored.
+        size: u64,
+    },
+    /// Already stored by an earlier, interrupted attempt of the same export.
+    AlreadyArchived,
+    /// Recorded but not archived, with the reason.
+    Skipped(String),
+    /// Not archived because of an error.
+    Failed(Failure),
+}
+
+/// Counts and reasons for a whole run; also the basis of `run.json` and `--json` output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// When the run started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// When it ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished: Option<OffsetDateTime>,
+    /// Items the listing found (all kinds).
+    pub listed_items: u64,
+    /// Bytes in the listed items whose size the source stated.
+    pub listed_bytes: u64,
+    /// Items stored in this run.
+    pub archived_items: u64,
+    /// Bytes stored in this run.
+    pub archived_bytes: u64,
+    /// Items found already stored by an earlier interrupted attempt (resume).
+    pub resumed_items: u64,
+    /// Bytes in those items.
+    pub resumed_bytes: u64,
+    /// Items recorded but not archived (links, special files, …).
+    pub skipped_items: u64,
+    /// Skipped items by reason.
+    pub skipped_reasons: BTreeMap<String, u64>,
+    /// Items (or parts of the listing) that failed.
+    pub failed_items: u64,
+    /// Transfers retried.
+    pub retries: u64,
+    /// The first failures (all of them are in the archive's failure list).
+    pub failures: Vec<Failure>,
+    /// Set when the run stopped early, with the reason.
+    pub stopped: Option<String>,
+}
+
+/// How many failures a report keeps in memory; the archive's failure list has them all.
+pub const REPORT_FAILURES_KEPT: usize = 100;
+
+impl RunReport {
+    /// An empty report for a run starting now.
+    pub fn start() -> Self {
+        RunReport {
+            started: OffsetDateTime::now_utc(),
+            finished: None,
+            listed_items: 0,
+            listed_bytes: 0,
+            archived_items: 0,
+            archived_bytes: 0,
+            resumed_items: 0,
+            resumed_bytes: 0,
+            skipped_items: 0,
+            skipped_reasons: BTreeMap::new(),
+            failed_items: 0,
+            retries: 0,
+            failures: Vec::new(),
+            stopped: None,
+        }
+    }
+
+    /// Adds one item's outcome to the counts.
+    pub fn add(&mut self, outcome: &Outcome, size_hint: Option<u64>) {
+        match outcome {
+            Outcome::Archived { size, .. } => {
+                self.archived_items += 1;
+                self.archived_bytes += size;
+            }
+            Outcome::AlreadyArchived => {
+                self.resumed_items += 1;
+                self.resumed_bytes += size_hint.unwrap_or(0);
+            }
+            Outcome::Skipped(reason) => {
+                self.skipped_items += 1;
+                *self.skipped_reasons.entry(reason.clone()).or_default() += 1;
+            }
+            Outcome::Failed(f) => {
+                self.failed_items += 1;
+                if self.failures.len() < REPORT_FAILURES_KEPT {
+                    self.failures.push(f.clone());
+                }
+            }
+        }
+    }
+
+    /// True when every listed item is in the archive or deliberately skipped.
+    pub fn is_complete(&self) -> bool {
+        self.failed_items == 0 && self.stopped.is_none()
+    }
+}
