@@ -4,7 +4,10 @@
 //! streams items into a folder or a zip and writes the manifests last, [`reader`] opens any
 //! bag (folder or zip, from any tool) and [`verify`] checks it with no knowledge of the source.
 
+pub mod pathmap;
 pub mod reader;
 pub mod record;
 pub mod tagfiles;
 pub mod verify;
+pub mod writer;
+pub mod zipwrite;

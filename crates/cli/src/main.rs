@@ -1,1 +1,45 @@
-fn main() {}
+//! The `ferry` command. A thin layer: argument parsing, progress and output; the work is done
+//! by the `ferry-core`, `ferry-archive` and connector crates.
+
+mod cli;
+mod commands;
+mod progress;
+mod source;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::commands::exit;
+
+fn main() {
+    let cli = Cli::parse();
+    progress::init_logging(cli.quiet, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start: {e}");
+            std::process::exit(exit::ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Export(args) => commands::export::run(&cli, args).await,
+            Command::Verify(args) => commands::verify::run(&cli, args).await,
+            Command::Ls(args) => commands::ls::run(&cli, args),
+            Command::Demo(args) => commands::demo::run(&cli, args).await,
+        }
+    });
+    // Don't wait for blocking tasks of an interrupted run.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            exit::ERROR
+        }
+    };
+    std::process::exit(code);
+}

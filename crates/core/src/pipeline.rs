@@ -108,6 +108,9 @@ impl Pipeline {
         let mut listing_done = false;
         let mut running: JoinSet<Result<Done>> = JoinSet::new();
         loop {
+            if listing_done && running.is_empty() {
+                return None;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
@@ -185,7 +188,6 @@ impl Pipeline {
                         }
                     }
                 }
-                else => return None,
             }
         }
     }

@@ -1,0 +1,187 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_core::DigestAlgorithm;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success (export complete; bag valid)
+  1    finished, but not everything is right: items failed (see ferry/failures.jsonl),
+       or the bag is invalid or incomplete
+  2    could not run: bad arguments, missing source, wrong credentials, destination in the way,
+       disk full, unreadable bag
+  130  interrupted (Ctrl-C or SIGTERM); rerun the same export command to resume
+
+Examples:
+  ferry export fs:/srv/share --to /backups/share-2026-11-28
+  ferry export fs:/srv/share --to /backups/share-2026-11-28.zip --digest sha512
+  ferry verify /backups/share-2026-11-28.zip
+  ferry ls /backups/share-2026-11-28 --json | jq .source.original_path
+  ferry demo";
+
+/// ferry gets an organisation's files, mail and objects out of clouds and servers into BagIt
+/// archives it owns and can check without ferry.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None, after_long_help = AFTER_HELP, after_help = "Run `ferry help <command>` or `ferry <command> --help` for details; `--help` lists exit codes.")]
+pub struct Cli {
+    /// Print only errors (and the final summary).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail: -v for each retry and skipped item, -vv for debugging.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Never draw progress bars (they are drawn only when stderr is a terminal anyway).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export a source into a new BagIt bag (a folder, or a zip when --to ends in .zip).
+    ///
+    /// Every file is hashed as it streams in, written under a temporary name and moved into
+    /// place; the manifests are written last, so an interrupted export never looks complete.
+    /// Rerun the same command to resume it: what was stored is kept.
+    #[command(after_long_help = AFTER_HELP)]
+    Export(ExportArgs),
+    /// Check a bag (folder or zip, made by ferry or any other BagIt tool).
+    ///
+    /// Checks bagit.txt, every manifest entry against the files (missing, extra, wrong digest,
+    /// truncated), Payload-Oxum, the tag manifests and, for ferry bags, items.jsonl against the
+    /// manifests. Reads nothing outside the bag and fetches nothing from fetch.txt.
+    #[command(after_long_help = AFTER_HELP)]
+    Verify(VerifyArgs),
+    /// List what a ferry bag holds, with where each item came from.
+    Ls(LsArgs),
+    /// Build a small sample folder (with hostile names), export it, verify it and explain.
+    Demo(DemoArgs),
+}
+
+/// `ferry export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// What to export: `fs:/path/to/folder` (a plain path works too).
+    pub source: String,
+    /// The new bag: a folder, or a `.zip` file. Must not exist yet, unless it is an interrupted
+    /// export of the same source, which is then resumed.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Digest algorithm for the manifests; repeat for several (every manifest lists every file).
+    #[arg(long = "digest", value_name = "ALG", default_value = "sha256", value_parser = parse_digest)]
+    pub digests: Vec<DigestAlgorithm>,
+    /// Deflate files in a zip (default: stored, as most payload is already compressed).
+    #[arg(long)]
+    pub compress: bool,
+    /// Items transferred at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Attempts per item after the first, for transient errors (throttling, timeouts, changes
+    /// while reading, checksum mismatches).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub retries: u32,
+    /// fs: follow symbolic links instead of recording them.
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    /// Print a JSON summary on stdout (for scripts and monitoring).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub bag_info: BagInfoArgs,
+}
+
+/// bag-info.txt labels.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "bag-info.txt")]
+pub struct BagInfoArgs {
+    /// Source-Organization: who the records come from.
+    #[arg(long, value_name = "TEXT")]
+    pub source_organization: Option<String>,
+    /// Contact-Name.
+    #[arg(long, value_name = "TEXT")]
+    pub contact_name: Option<String>,
+    /// Contact-Email.
+    #[arg(long, value_name = "TEXT")]
+    pub contact_email: Option<String>,
+    /// Contact-Phone.
+    #[arg(long, value_name = "TEXT")]
+    pub contact_phone: Option<String>,
+    /// External-Identifier: your reference for this transfer (case or journal number).
+    #[arg(long, value_name = "TEXT")]
+    pub external_identifier: Option<String>,
+    /// External-Description: what this bag is.
+    #[arg(long, value_name = "TEXT")]
+    pub external_description: Option<String>,
+    /// Any other label, as LABEL=VALUE (repeatable), e.g. Internal-Sender-Identifier=2026/114.
+    #[arg(long = "bag-info", value_name = "LABEL=VALUE", value_parser = parse_label)]
+    pub extra: Vec<(String, String)>,
+}
+
+/// `ferry verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The bag: a folder or a .zip.
+    pub bag: PathBuf,
+    /// Only compare Payload-Oxum (octets and file count) with the payload; no hashing.
+    #[arg(long, conflicts_with = "completeness_only")]
+    pub fast: bool,
+    /// Check that every file is where the manifests say, and nothing else is; no hashing.
+    #[arg(long)]
+    pub completeness_only: bool,
+    /// Hashing threads (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The bag: a folder or a .zip.
+    pub bag: PathBuf,
+    /// Print items.jsonl records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// List the failures (ferry/failures.jsonl) instead of the items.
+    #[arg(long)]
+    pub failures: bool,
+}
+
+/// `ferry demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to put the demo bags.
+    #[arg(long, default_value = "ferry-demo", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+fn parse_digest(s: &str) -> Result<DigestAlgorithm, String> {
+    let alg: DigestAlgorithm = s.parse()?;
+    match alg {
+        DigestAlgorithm::Md5 | DigestAlgorithm::Sha1 => {
+            Err(format!("{alg} is too weak for new bags; use sha256 or sha512 (ferry still verifies {alg} bags made by other tools)"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (label, value) = s.split_once('=').ok_or("expected LABEL=VALUE")?;
+    let label = label.trim();
+    if label.is_empty()
+        || label.contains(':')
+        || label.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{label:?} is not a usable bag-info label (no spaces, colons or control characters)"
+        ));
+    }
+    Ok((label.to_string(), value.trim().to_string()))
+}

@@ -1,0 +1,314 @@
+//! `ferry export SOURCE --to BAG`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
+use ferry_core::{Pipeline, PipelineOptions, Progress, RetryPolicy, RunReport, Sink};
+use indicatif::HumanBytes;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::cli::{Cli, ExportArgs};
+use crate::progress::ExportProgress;
+
+/// The `--json` summary of an export.
+#[derive(Debug, Serialize)]
+pub struct ExportSummary {
+    /// `complete`, `completed_with_failures`, `interrupted` or `error`.
+    pub status: &'static str,
+    /// The exit code ferry returns.
+    pub exit_code: i32,
+    /// The source, as given.
+    pub source: String,
+    /// The bag.
+    pub bag: String,
+    /// True if this run resumed an interrupted one.
+    pub resumed: bool,
+    /// Items found by the listing.
+    pub listed_items: u64,
+    /// Items stored by this run.
+    pub archived_items: u64,
+    /// Bytes stored by this run.
+    pub archived_bytes: u64,
+    /// Items already stored by the interrupted run this one resumed.
+    pub resumed_items: u64,
+    /// Items recorded without content (links, empty folders, special files).
+    pub skipped_items: u64,
+    /// Items that could not be archived (all listed in ferry/failures.jsonl).
+    pub failed_items: u64,
+    /// Transfers retried.
+    pub retries: u64,
+    /// Payload files and bytes in the finished bag.
+    pub payload_files: Option<u64>,
+    /// Payload bytes in the finished bag.
+    pub payload_bytes: Option<u64>,
+    /// Wall-clock seconds.
+    pub elapsed_seconds: f64,
+    /// Bytes stored per second.
+    pub bytes_per_second: f64,
+    /// The first failures.
+    pub failures: Vec<ferry_core::Failure>,
+    /// What stopped the run, if anything.
+    pub error: Option<String>,
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn bag_options(args: &ExportArgs) -> BagOptions {
+    let mut info = Vec::new();
+    let b = &args.bag_info;
+    for (label, value) in [
+        ("Source-Organization", &b.source_organization),
+        ("Contact-Name", &b.contact_name),
+        ("Contact-Phone", &b.contact_phone),
+        ("Contact-Email", &b.contact_email),
+        ("External-Identifier", &b.external_identifier),
+        ("External-Description", &b.external_description),
+    ] {
+        if let Some(v) = value {
+            info.push((label.to_string(), v.clone()));
+        }
+    }
+    info.extend(b.extra.iter().cloned());
+    let mut run_options = serde_json::Map::new();
+    run_options.insert(
+        "digests".into(),
+        args.digests
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    run_options.insert("concurrency".into(), args.concurrency.into());
+    run_options.insert("retries".into(), args.retries.into());
+    run_options.insert("compress".into(), args.compress.into());
+    run_options.insert("follow_symlinks".into(), args.follow_symlinks.into());
+    let mut digests = args.digests.clone();
+    digests.dedup();
+    BagOptions {
+        digests,
+        bag_info: info,
+        deflate: args.compress,
+        run_options,
+        ..BagOptions::default()
+    }
+}
+
+/// Runs the export; returns the exit code.
+pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
+    let started = Instant::now();
+    let connector = crate::source::connector_for(args)?;
+    // Fail on a wrong source before anything is created at the destination.
+    connector.check().await?;
+    let target = BagTarget::from_path(&args.to);
+    let (writer, resume) = BagWriter::open(target, vec![connector.info()], bag_options(args))?;
+    if resume.resumed {
+        tracing::info!(
+            "resuming the interrupted export into {}: {} items ({}) already stored{}",
+            args.to.display(),
+            resume.items,
+            HumanBytes(resume.bytes),
+            if resume.dropped > 0 {
+                format!(
+                    ", {} written after the last checkpoint will be redone",
+                    resume.dropped
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    let progress = Arc::new(ExportProgress::new(!cli.no_progress && !cli.quiet));
+    let ticker = (!progress.has_bar() && !cli.quiet).then(|| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                tracing::info!("{}", p.status_line());
+            }
+        })
+    });
+    let cancel = CancellationToken::new();
+    let on_signal = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            interrupted().await;
+            cancel.cancel();
+        })
+    };
+    let pipeline = Pipeline::new(PipelineOptions {
+        concurrency: args.concurrency as usize,
+        retry: RetryPolicy {
+            max_attempts: args.retries + 1,
+            ..RetryPolicy::default()
+        },
+        ..PipelineOptions::default()
+    });
+    let sink: Arc<dyn Sink> = Arc::new(writer.clone());
+    let (report, fatal) = pipeline
+        .run(
+            connector.clone(),
+            sink.clone(),
+            progress.clone() as Arc<dyn Progress>,
+            cancel.clone(),
+        )
+        .await;
+    drop(sink);
+    on_signal.abort();
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    progress.finish();
+
+    let (status, code, bag, error) = if let Some(e) = fatal {
+        tracing::error!("{e}");
+        tracing::error!(
+            "the export stopped; fix the problem and rerun the same command to resume it"
+        );
+        ("error", exit::ERROR, None, Some(e.to_string()))
+    } else if cancel.is_cancelled() {
+        tracing::warn!(
+            "interrupted; rerun the same command to resume the export into {}",
+            args.to.display()
+        );
+        (
+            "interrupted",
+            exit::INTERRUPTED,
+            None,
+            Some("interrupted".to_string()),
+        )
+    } else {
+        match writer.finish(&report).await {
+            Ok(bag) if bag.failed_items == 0 => ("complete", exit::OK, Some(bag), None),
+            Ok(bag) => ("completed_with_failures", exit::PROBLEMS, Some(bag), None),
+            Err(e) => {
+                tracing::error!("{e}");
+                ("error", exit::ERROR, None, Some(e.to_string()))
+            }
+        }
+    };
+    let summary = summarize(
+        args,
+        &report,
+        bag.as_ref(),
+        status,
+        code,
+        error,
+        resume.resumed,
+        started.elapsed(),
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !cli.quiet || code != exit::OK {
+        print_human(&summary);
+    }
+    Ok(code)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    args: &ExportArgs,
+    report: &RunReport,
+    bag: Option<&BagSummary>,
+    status: &'static str,
+    exit_code: i32,
+    error: Option<String>,
+    resumed: bool,
+    elapsed: Duration,
+) -> ExportSummary {
+    let secs = elapsed.as_secs_f64();
+    ExportSummary {
+        status,
+        exit_code,
+        source: args.source.clone(),
+        bag: args.to.display().to_string(),
+        resumed,
+        listed_items: report.listed_items,
+        archived_items: report.archived_items,
+        archived_bytes: report.archived_bytes,
+        resumed_items: report.resumed_items,
+        skipped_items: report.skipped_items,
+        failed_items: report.failed_items,
+        retries: report.retries,
+        payload_files: bag.map(|b| b.payload_files),
+        payload_bytes: bag.map(|b| b.payload_bytes),
+        elapsed_seconds: (secs * 1000.0).round() / 1000.0,
+        bytes_per_second: if secs > 0.0 {
+            (report.archived_bytes as f64 / secs).round()
+        } else {
+            0.0
+        },
+        failures: report.failures.clone(),
+        error,
+    }
+}
+
+fn print_human(s: &ExportSummary) {
+    let head = match s.status {
+        "complete" => "Export complete",
+        "completed_with_failures" => "Export finished WITH FAILURES",
+        "interrupted" => "Export interrupted (rerun the same command to resume)",
+        _ => "Export stopped by an error (rerun the same command to resume once it is fixed)",
+    };
+    println!("{head}: {} → {}", s.source, s.bag);
+    println!(
+        "  {} items stored ({}) in {:.1} s, {}/s",
+        s.archived_items,
+        HumanBytes(s.archived_bytes),
+        s.elapsed_seconds,
+        HumanBytes(s.bytes_per_second as u64)
+    );
+    if s.resumed_items > 0 {
+        println!(
+            "  {} items were already stored by the interrupted run",
+            s.resumed_items
+        );
+    }
+    if s.skipped_items > 0 {
+        println!("  {} items recorded without content (links, empty folders, special files; see items.jsonl)", s.skipped_items);
+    }
+    if s.retries > 0 {
+        println!("  {} transfers retried", s.retries);
+    }
+    if s.failed_items > 0 {
+        println!(
+            "  {} items FAILED (listed in ferry/failures.jsonl):",
+            s.failed_items
+        );
+        for f in s.failures.iter().take(10) {
+            println!("    {}: {}", f.name, f.error);
+        }
+        if s.failed_items > 10 {
+            println!("    … and {} more", s.failed_items - 10);
+        }
+    }
+    if let (Some(files), Some(bytes)) = (s.payload_files, s.payload_bytes) {
+        println!(
+            "  bag: {} payload files, {}; check it any time with `ferry verify {}`",
+            files,
+            HumanBytes(bytes),
+            s.bag
+        );
+    }
+}
