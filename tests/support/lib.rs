@@ -1,1 +1,225 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: run the real `ferry` binary, build hostile source trees,
+//! call the reference validator bagit-python, measure a child's peak memory.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The `ferry` binary under test: `$FERRY_BIN`, or the one cargo built beside this test.
+pub fn ferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> → target/<profile>/ferry
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("ferry");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo test --workspace` builds it) or set FERRY_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// What a ferry run produced.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Panics with the output unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+fn to_run(out: Output) -> Run {
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `ferry args…` to completion.
+pub fn ferry<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    to_run(Command::new(ferry_bin()).args(args).env_remove("FERRY_LOG").output().expect("run ferry"))
+}
+
+/// Runs `ferry args…` in `dir`.
+pub fn ferry_in<I, S>(dir: &Path, args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    to_run(Command::new(ferry_bin()).args(args).current_dir(dir).env_remove("FERRY_LOG").output().expect("run ferry"))
+}
+
+/// Runs `ferry args…` and returns its exit code and peak resident memory in KiB (from
+/// `wait4`'s rusage, so it measures the child alone). Output goes to files in `log_dir`.
+pub fn ferry_peak_rss<I, S>(args: I, log_dir: &Path) -> (i32, u64)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = std::fs::File::create(log_dir.join("stdout")).unwrap();
+    let err = std::fs::File::create(log_dir.join("stderr")).unwrap();
+    let child = Command::new(ferry_bin()).args(args).stdout(out).stderr(err).stdin(Stdio::null()).spawn().expect("spawn ferry");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid, "wait4 failed");
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    (code, usage.ru_maxrss as u64)
+}
+
+/// The reference validator, `bagit.py` (bagit-python 1.9). `None` when it is not installed,
+/// unless `FERRY_REQUIRE_BAGIT=1` (set by CI), which makes its absence a failure.
+pub fn bagit_py() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join("bagit.py")).find(|p| p.exists())
+    });
+    if found.is_none() {
+        assert!(std::env::var_os("FERRY_REQUIRE_BAGIT").is_none(), "bagit.py is required (FERRY_REQUIRE_BAGIT) but not on PATH");
+        eprintln!("NOTICE: bagit.py not found; skipping the bagit-python check (pip install bagit==1.9.0)");
+    }
+    found
+}
+
+/// Asserts that bagit-python calls the folder bag valid (if bagit.py is available).
+pub fn assert_bagit_py_valid(bag: &Path) {
+    let Some(bagit) = bagit_py() else { return };
+    let out = Command::new("python3").arg(bagit).args(["--validate", "--processes", "2"]).arg(bag).output().expect("run bagit.py");
+    assert!(
+        out.status.success(),
+        "bagit.py --validate {} failed:\n{}",
+        bag.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts that bagit-python calls the folder bag invalid (if bagit.py is available).
+pub fn assert_bagit_py_invalid(bag: &Path) {
+    let Some(bagit) = bagit_py() else { return };
+    let out = Command::new("python3").arg(bagit).arg("--validate").arg(bag).output().expect("run bagit.py");
+    assert!(!out.status.success(), "bagit.py --validate {} passed a corrupt bag", bag.display());
+}
+
+/// Unpacks a zip with Python's zipfile (an independent reader, which also checks every CRC)
+/// into `into`.
+pub fn unzip_with_python(zip: &Path, into: &Path) {
+    let out = Command::new("python3")
+        .args(["-c", "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); bad = z.testzip(); assert bad is None, bad; z.extractall(sys.argv[2])"])
+        .arg(zip)
+        .arg(into)
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "python zipfile rejected {}:\n{}", zip.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Writes a file, creating parent folders.
+pub fn write(path: &Path, content: &[u8]) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, content).unwrap();
+}
+
+/// Names no archive should hold as they are, each paired with distinct content. Every one is
+/// a legal Linux file name.
+pub fn hostile_names() -> Vec<Vec<u8>> {
+    let mut names: Vec<Vec<u8>> = vec![
+        b"..x".to_vec(),
+        b"...".to_vec(),
+        b"100% sure.txt".to_vec(),
+        b"%2e%2e%2fescape".to_vec(),
+        b"line\nbreak.txt".to_vec(),
+        b"carriage\rreturn".to_vec(),
+        b"tab\there".to_vec(),
+        b"bell\x07.txt".to_vec(),
+        "caf\u{e9}.txt".as_bytes().to_vec(),
+        "cafe\u{301}.txt".as_bytes().to_vec(),
+        b"Case.txt".to_vec(),
+        b"case.txt".to_vec(),
+        b"CASE.txt".to_vec(),
+        b" leading space".to_vec(),
+        b"trailing space ".to_vec(),
+        b"trailing dot.".to_vec(),
+        b"back\\slash".to_vec(),
+        b"colon: and ? and *".to_vec(),
+        b"CON".to_vec(),
+        b"nul.txt".to_vec(),
+        b"empty-file".to_vec(),
+        "\u{202e}txt.exe".as_bytes().to_vec(),
+        // 255 bytes (the Linux limit) of two-byte characters and an extension.
+        {
+            let mut v = "\u{f8}".repeat(125).into_bytes();
+            v.extend_from_slice(b".txt");
+            v
+        },
+        // Not UTF-8 at all.
+        b"latin1-\xe6\xf8\xe5.txt".to_vec(),
+    ];
+    names.sort();
+    names
+}
+
+/// Builds a tree of hostile names under `root`: each name as a file at the top level and inside
+/// a twin folder pair, plus an empty file. Returns the relative paths (as bytes) of the files.
+pub fn hostile_tree(root: &Path) -> Vec<Vec<u8>> {
+    let mut files = Vec::new();
+    for dir in [&b""[..], b"Folder", b"folder", b"sub/..dots"] {
+        for (i, name) in hostile_names().iter().enumerate() {
+            let mut rel = dir.to_vec();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name);
+            let path = root.join(OsStr::from_bytes(&rel));
+            let content = if name == b"empty-file" { Vec::new() } else { format!("{i}:{}", String::from_utf8_lossy(&rel)).into_bytes() };
+            write(&path, &content);
+            files.push(rel);
+        }
+    }
+    files
+}
+
+/// The records of a folder bag's `ferry/items.jsonl`.
+pub fn items(bag: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(bag.join("ferry/items.jsonl")).expect("items.jsonl");
+    text.lines().map(|l| serde_json::from_str(l).expect("items.jsonl line is JSON")).collect()
+}
+
+/// A temporary folder that everyone can enter (so tests can also run ferry as another user).
+pub fn tempdir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("ferry-e2e-").tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// True when running as root (permissions do not stop root from reading).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
