@@ -838,16 +838,21 @@ fn open_zip(path: &Path) -> Result<Inner, ReadError> {
         }
     }
     top_folders.sort_unstable();
+    let with_bagit = |f: &str| {
+        raw.iter()
+            .any(|r| r.parts.len() == 2 && r.parts[0] == f && r.parts[1] == "bagit.txt")
+    };
+    // A bag zipped from inside its folder: bagit.txt or data/ at the top level, and no top
+    // folder that holds a bagit.txt of its own.
+    let flat = (top_files.contains(&"bagit.txt") || top_folders.contains(&"data"))
+        && !top_folders.iter().any(|f| with_bagit(f));
     let top: Option<String> = match top_folders.as_slice() {
+        _ if flat => None,
         [] => None,
         [one] => Some(one.to_string()),
         many => {
             // Pick the folder that looks like the bag: named like the zip, else one holding
             // bagit.txt, else the first. The others are reported, not listed.
-            let with_bagit = |f: &str| {
-                raw.iter()
-                    .any(|r| r.parts.len() == 2 && r.parts[0] == f && r.parts[1] == "bagit.txt")
-            };
             let chosen = many
                 .iter()
                 .find(|f| **f == stem)
@@ -873,7 +878,7 @@ fn open_zip(path: &Path) -> Result<Inner, ReadError> {
             path: format!("{}", path.display()),
             detail: format!("files at the top level of the zip, outside the bag folder {top:?}, are ignored: {}", summarise(&top_files)),
         }),
-        None if !top_files.is_empty() => issues.push(ReadIssue {
+        None if !top_files.is_empty() || flat => issues.push(ReadIssue {
             kind: ReadIssueKind::ZipLayout,
             path: format!("{}", path.display()),
             detail: "the bag's files sit at the top level of the zip instead of in one top folder; reading them as the bag".into(),
@@ -892,8 +897,7 @@ fn open_zip(path: &Path) -> Result<Inner, ReadError> {
         let parts: &[String] = match &top {
             Some(top) if r.parts[0] == *top => &r.parts[1..],
             Some(_) => continue,
-            None if r.parts.len() == 1 && !r.is_dir => &r.parts,
-            None => continue,
+            None => &r.parts,
         };
         if parts.is_empty() {
             continue;

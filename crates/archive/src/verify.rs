@@ -343,7 +343,9 @@ impl fmt::Display for VerifyReport {
             VerifyMode::Fast => " (fast: Payload-Oxum only)",
             VerifyMode::CompletenessOnly => " (completeness only, no hashing)",
         };
-        let algorithms = if self.algorithms.is_empty() {
+        let algorithms = if self.mode == VerifyMode::Fast {
+            "manifests not read".to_string()
+        } else if self.algorithms.is_empty() {
             "no manifest".to_string()
         } else {
             self.algorithms.join(", ")
