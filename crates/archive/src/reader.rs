@@ -1061,3 +1061,72 @@ impl<R: Read> Read for CrcReader<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_paths() {
+        for p in [
+            "",
+            "/etc/passwd",
+            "\\server\\share",
+            "~/x",
+            "~root/x",
+            "C:/x",
+            "c:x",
+            "data/../../x",
+            "..",
+            "data\\..\\..\\x",
+            "data/a\0b",
+        ] {
+            assert!(unsafe_path_reason(p).is_some(), "{p:?}");
+        }
+        for p in [
+            "data/a.txt",
+            "data/..hidden",
+            "data/a..b",
+            "data/~x",
+            "data/C:x",
+            "bagit.txt",
+        ] {
+            assert_eq!(unsafe_path_reason(p), None, "{p:?}");
+        }
+    }
+
+    #[test]
+    fn folder_listing_is_sorted_with_prefix_ranges() {
+        let tmp = tempfile::tempdir().unwrap();
+        for rel in [
+            "data/b",
+            "data/a/x",
+            "data0",
+            "bagit.txt",
+            "ferry/items.jsonl",
+            "datа/cyrillic",
+        ] {
+            let p = tmp.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, rel).unwrap();
+        }
+        std::fs::create_dir(tmp.path().join(".ferry-partial")).unwrap();
+        let r = BagReader::open(tmp.path()).unwrap();
+        let paths: Vec<&str> = r.files().map(|f| f.path).collect();
+        let mut sorted = paths.clone();
+        sorted.sort();
+        assert_eq!(paths, sorted);
+        let data: Vec<&str> = r.ids_with_prefix("data/").map(|id| r.path(id)).collect();
+        assert_eq!(data, ["data/a/x", "data/b"]);
+        assert_eq!(r.find("data/b").map(|id| r.size(id)), Some(6));
+        assert_eq!(r.find("data"), None);
+        assert!(
+            r.has_top_dir("data") && r.has_top_dir(".ferry-partial") && !r.has_top_dir("data0")
+        );
+        assert!(r.ids_with_prefix("nothing/").is_empty());
+        assert!(matches!(
+            BagReader::open(&tmp.path().join("missing")),
+            Err(ReadError::NotFound(_))
+        ));
+    }
+}

@@ -46,7 +46,7 @@ pub enum VerifyMode {
 pub struct VerifyOptions {
     /// How much to check.
     pub mode: VerifyMode,
-    /// Worker threads for hashing; 0 means one per core.
+    /// Worker threads for hashing (the default: one per core; 0 also means that).
     pub threads: usize,
 }
 
@@ -55,9 +55,13 @@ impl Default for VerifyOptions {
     fn default() -> Self {
         VerifyOptions {
             mode: VerifyMode::Full,
-            threads: 0,
+            threads: available_cores(),
         }
     }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// The verdict.
@@ -602,7 +606,7 @@ impl<'r> Verifier<'r> {
         if self.options.threads > 0 {
             self.options.threads
         } else {
-            std::thread::available_parallelism().map_or(1, usize::from)
+            available_cores()
         }
     }
 
