@@ -306,6 +306,7 @@ pub struct VerifyReport {
     /// The verdict.
     pub status: Status,
     /// The bag as given.
+    #[serde(serialize_with = "lossy_path")]
     pub path: PathBuf,
     /// `folder` or `zip`.
     pub storage: &'static str,
@@ -368,6 +369,11 @@ impl fmt::Display for VerifyReport {
             self.warnings.len()
         )
     }
+}
+
+/// Paths that are not UTF-8 still serialise (serde's own impl refuses them).
+fn lossy_path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 /// Why verification could not even start (the CLI's exit code 2).
@@ -581,8 +587,13 @@ impl<'r> Verifier<'r> {
         self.algorithms = tables.payload_algorithm_names();
         self.tag_algorithms = tables.tag_algorithm_names();
         manifests::check_listing(self.reader, &tables, payload.clone(), &mut self.findings);
-        let size_claims =
-            items::check_items(self.reader, &tables, &mut resolver, &mut self.findings);
+        // Without a payload manifest there is nothing to hold items.jsonl against (and the bag
+        // is reported incomplete already).
+        let size_claims = if tables.payload.is_empty() {
+            Default::default()
+        } else {
+            items::check_items(self.reader, &tables, &mut resolver, &mut self.findings)
+        };
         self.ferry_tag_files(&tables);
         let hashed = if self.options.mode == VerifyMode::Full {
             let outcome = hashing::hash_all(self.reader, &tables, &size_claims, self.threads());

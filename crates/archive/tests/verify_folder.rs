@@ -560,6 +560,22 @@ fn items_jsonl_must_agree_with_manifests() {
 }
 
 #[test]
+fn items_jsonl_for_an_unlisted_file_or_a_bag_without_manifest() {
+    let files = sample_files();
+    let bag = TestBag::ferry(&files, &[Sha256]);
+    // The manifest forgets a file items.jsonl knows: one problem, not three.
+    bag.write_manifests(&files[1..], &[Sha256]);
+    bag.write_tagmanifest(Sha256);
+    assert_only(&bag.verify(), &[(K::UnlistedFile, "data/a.txt")]);
+    // No manifest at all (an unfinished bag): items.jsonl has nothing to be held against.
+    bag.remove("manifest-sha256.txt");
+    bag.write_tagmanifest(Sha256);
+    let r = bag.verify();
+    assert_eq!(r.status, Status::Incomplete, "{r}");
+    assert_only(&r, &[(K::NoPayloadManifest, "")]);
+}
+
+#[test]
 fn items_jsonl_size_wrong_for_an_intact_file() {
     let files = sample_files();
     let bag = TestBag::ferry(&files, &[Sha256]);

@@ -99,22 +99,23 @@ pub(super) fn check_items(
         } else {
             None
         };
-        let Some(id) = id.filter(|&id| tables.listed[id] != 0) else {
-            if tables.missing.contains_key(path) {
-                // Already reported as missing from the bag.
-                continue;
+        let Some(id) = id else {
+            if !tables.missing.contains_key(path) {
+                // (A path the manifests list but the bag lacks is already reported missing.)
+                findings.problem(
+                    ProblemKind::ItemsUnknownPath,
+                    Some(path),
+                    format!("line {line} names {path:?}, which is neither in the bag nor in its payload manifests"),
+                );
             }
-            let detail = match id {
-                Some(_) => format!(
-                    "line {line} names {path:?}, which is in data/ but in no payload manifest"
-                ),
-                None => format!("line {line} names {path:?}, which no payload manifest lists"),
-            };
-            findings.problem(ProblemKind::ItemsUnknownPath, Some(path), detail);
             continue;
         };
         let slot = &mut seen[id - payload.start];
         *slot = slot.saturating_add(1);
+        if tables.listed[id] == 0 {
+            // In data/ but in no manifest: already an unlisted file, nothing to compare with.
+            continue;
+        }
 
         for (alg_name, digest) in digests.into_iter().flatten() {
             let Some(digest) = digest.as_str() else {
