@@ -187,6 +187,13 @@ impl Tables {
         self.payload.iter().position(|m| m.alg == alg)
     }
 
+    /// Names of the payload manifests in a list of manifest indexes.
+    fn manifest_names_of(&self, listed: &[u8]) -> String {
+        let mask = listed.iter().fold(0u8, |acc, m| acc | (1 << m));
+        self.manifest_names(mask)
+    }
+
+    /// Names of the payload manifests whose bits are set in `mask`.
     fn manifest_names(&self, mask: u8) -> String {
         self.payload
             .iter()
@@ -359,13 +366,6 @@ pub(super) fn read_manifests(
     }
 }
 
-impl Tables {
-    fn manifest_names_of(&self, listed: &[u8]) -> String {
-        let mask = listed.iter().fold(0u8, |acc, m| acc | (1 << m));
-        self.manifest_names(mask)
-    }
-}
-
 fn after_read(findings: &mut Findings, name: &str, result: std::io::Result<bool>) {
     match result {
         Ok(false) => {}
@@ -382,25 +382,43 @@ fn after_read(findings: &mut Findings, name: &str, result: std::io::Result<bool>
     }
 }
 
-/// Splits a manifest line, reporting what is malformed; `None` for blank or unusable lines.
-fn split_line<'l>(
+/// Splits a manifest line into its digest (`None` when malformed, reported) and a path that is
+/// safe to look up. `None` for blank lines, lines without a path, and unsafe paths (reported).
+fn parse_entry<'l>(
     findings: &mut Findings,
-    name: &str,
+    (name, alg): (&str, DigestAlgorithm),
     n: usize,
     line: &'l str,
-) -> Option<(&'l str, &'l str)> {
+) -> Option<(Option<Vec<u8>>, &'l str)> {
     if line.trim().is_empty() {
         return None;
     }
-    let parsed = parse_manifest_line(line);
-    if parsed.is_none() {
+    let Some((digest, path)) = parse_manifest_line(line) else {
         findings.problem(
             ProblemKind::MalformedManifestLine,
             Some(name),
             format!("line {n} is not `<digest> <path>`: {line:?}"),
         );
+        return None;
+    };
+    let digest = decode_digest(alg, digest)
+        .map_err(|why| {
+            findings.problem(
+                ProblemKind::MalformedManifestLine,
+                Some(name),
+                format!("line {n}: {why}"),
+            );
+        })
+        .ok();
+    if let Some(reason) = unsafe_path_reason(path) {
+        findings.problem(
+            ProblemKind::UnsafePath,
+            Some(path),
+            format!("listed in {name} line {n}: {reason}; never opened"),
+        );
+        return None;
     }
-    parsed
+    Some((digest, path))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -414,28 +432,9 @@ fn payload_line(
     n: usize,
     line: &str,
 ) {
-    let Some((digest, raw_path)) = split_line(findings, name, n, line) else {
+    let Some((digest, raw_path)) = parse_entry(findings, (name, alg), n, line) else {
         return;
     };
-    let digest = match decode_digest(alg, digest) {
-        Ok(d) => Some(d),
-        Err(why) => {
-            findings.problem(
-                ProblemKind::MalformedManifestLine,
-                Some(name),
-                format!("line {n}: {why}"),
-            );
-            None
-        }
-    };
-    if let Some(reason) = unsafe_path_reason(raw_path) {
-        findings.problem(
-            ProblemKind::UnsafePath,
-            Some(raw_path),
-            format!("listed in {name} line {n}: {reason}; never opened"),
-        );
-        return;
-    }
     if !raw_path.starts_with("data/") {
         findings.problem(
             ProblemKind::OutsidePayload,
@@ -495,28 +494,9 @@ fn tag_line(
     n: usize,
     line: &str,
 ) {
-    let Some((digest, raw_path)) = split_line(findings, name, n, line) else {
+    let Some((Some(digest), raw_path)) = parse_entry(findings, (name, alg), n, line) else {
         return;
     };
-    let digest = match decode_digest(alg, digest) {
-        Ok(d) => d,
-        Err(why) => {
-            findings.problem(
-                ProblemKind::MalformedManifestLine,
-                Some(name),
-                format!("line {n}: {why}"),
-            );
-            return;
-        }
-    };
-    if let Some(reason) = unsafe_path_reason(raw_path) {
-        findings.problem(
-            ProblemKind::UnsafePath,
-            Some(raw_path),
-            format!("listed in {name} line {n}: {reason}; never opened"),
-        );
-        return;
-    }
     if raw_path.starts_with("data/") {
         findings.problem(
             ProblemKind::TagManifestListsPayload,
