@@ -156,7 +156,6 @@ impl Worker {
                 }
             }
         });
-        self.files += 1;
         self.bytes += hasher.len();
         if let Err(e) = read {
             self.mismatched.push(id);
@@ -164,6 +163,7 @@ impl Worker {
             self.problem(kind, path, format!("cannot read: {e}"));
             return;
         }
+        self.files += 1;
         let size = hasher.len();
         let digests = hasher.finish();
         let mut any_mismatch = false;
