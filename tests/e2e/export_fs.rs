@@ -12,8 +12,15 @@ use serde_json::Value;
 
 fn original_bytes(record: &Value) -> Vec<u8> {
     match record["extra"]["original_path_bytes_hex"].as_str() {
-        Some(hex) => (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect(),
-        None => record["source"]["original_path"].as_str().unwrap().as_bytes().to_vec(),
+        Some(hex) => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect(),
+        None => record["source"]["original_path"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+            .to_vec(),
     }
 }
 
@@ -26,21 +33,40 @@ fn check_bag_against_source(bag: &Path, src: &Path, files: &[Vec<u8>]) {
     let mut by_original: BTreeMap<Vec<u8>, &Value> = BTreeMap::new();
     let mut folded = HashSet::new();
     for r in &stored {
-        assert!(by_original.insert(original_bytes(r), r).is_none(), "duplicate record for {r}");
+        assert!(
+            by_original.insert(original_bytes(r), r).is_none(),
+            "duplicate record for {r}"
+        );
         let path = r["path"].as_str().unwrap();
-        assert!(folded.insert(path.to_lowercase()), "case-insensitive collision: {path}");
+        assert!(
+            folded.insert(path.to_lowercase()),
+            "case-insensitive collision: {path}"
+        );
         assert!(path.starts_with("data/fs/"), "{path}");
         for part in path.split('/') {
-            assert!(!part.is_empty() && part != "." && part != ".." && part.trim() == part, "unsafe component in {path:?}");
-            assert!(!part.contains(['%', '\n', '\r', '\\', '\t']), "unsafe character in {path:?}");
+            assert!(
+                !part.is_empty() && part != "." && part != ".." && part.trim() == part,
+                "unsafe component in {path:?}"
+            );
+            assert!(
+                !part.contains(['%', '\n', '\r', '\\', '\t']),
+                "unsafe character in {path:?}"
+            );
             assert!(part.len() <= 255, "component over 255 bytes in {path:?}");
         }
     }
     for rel in files {
-        let r = by_original.get(rel).unwrap_or_else(|| panic!("no record for {:?}", String::from_utf8_lossy(rel)));
+        let r = by_original
+            .get(rel)
+            .unwrap_or_else(|| panic!("no record for {:?}", String::from_utf8_lossy(rel)));
         let payload = std::fs::read(bag.join(r["path"].as_str().unwrap())).unwrap();
         let source = std::fs::read(src.join(OsStr::from_bytes(rel))).unwrap();
-        assert_eq!(payload, source, "content of {:?}", String::from_utf8_lossy(rel));
+        assert_eq!(
+            payload,
+            source,
+            "content of {:?}",
+            String::from_utf8_lossy(rel)
+        );
         assert_eq!(r["size"].as_u64().unwrap(), source.len() as u64);
         let name = rel.rsplit(|&b| b == b'/').next().unwrap();
         if let Ok(name) = std::str::from_utf8(name) {
@@ -55,19 +81,38 @@ fn hostile_names_survive_a_folder_export() {
     let src = tmp.path().join("share");
     let files = hostile_tree(&src);
     let bag = tmp.path().join("bag");
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--json"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--json",
+    ]);
     run.expect_code(0);
     let summary = run.json();
     assert_eq!(summary["status"], "complete");
-    assert_eq!(summary["archived_items"].as_u64().unwrap(), files.len() as u64);
+    assert_eq!(
+        summary["archived_items"].as_u64().unwrap(),
+        files.len() as u64
+    );
     assert_eq!(summary["failed_items"], 0);
     check_bag_against_source(&bag, &src, &files);
     assert_bagit_py_valid(&bag);
     ferry(["verify".as_ref(), bag.as_os_str()]).expect_code(0);
     assert!(!bag.join(".ferry-partial").exists());
     let info = std::fs::read_to_string(bag.join("bag-info.txt")).unwrap();
-    let total: u64 = files.iter().map(|f| std::fs::metadata(src.join(OsStr::from_bytes(f))).unwrap().len()).sum();
-    assert!(info.contains(&format!("Payload-Oxum: {total}.{}\n", files.len())), "{info}");
+    let total: u64 = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(src.join(OsStr::from_bytes(f)))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(
+        info.contains(&format!("Payload-Oxum: {total}.{}\n", files.len())),
+        "{info}"
+    );
 }
 
 #[test]
@@ -77,9 +122,19 @@ fn zip_export_holds_the_same_bag() {
     let files = hostile_tree(&src);
     for (zip_name, extra) in [("stored.zip", None), ("deflated.zip", Some("--compress"))] {
         let zip = tmp.path().join(zip_name);
-        let mut args = vec!["export".to_string(), format!("fs:{}", src.display()), "--to".into(), zip.display().to_string()];
+        let mut args = vec![
+            "export".to_string(),
+            format!("fs:{}", src.display()),
+            "--to".into(),
+            zip.display().to_string(),
+        ];
         args.extend(extra.map(String::from));
-        args.extend(["--digest".into(), "sha512".into(), "--digest".into(), "sha256".into()]);
+        args.extend([
+            "--digest".into(),
+            "sha512".into(),
+            "--digest".into(),
+            "sha256".into(),
+        ]);
         ferry(&args).expect_code(0);
         assert!(!tmp.path().join(format!("{zip_name}.partial")).exists());
         ferry(["verify".as_ref(), zip.as_os_str()]).expect_code(0);
@@ -87,14 +142,27 @@ fn zip_export_holds_the_same_bag() {
         unzip_with_python(&zip, &out);
         let top = out.join(zip_name.trim_end_matches(".zip"));
         let entries: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
-        assert_eq!(entries.len(), 1, "exactly one top folder, named like the zip");
-        assert!(top.join("manifest-sha512.txt").exists() && top.join("manifest-sha256.txt").exists());
+        assert_eq!(
+            entries.len(),
+            1,
+            "exactly one top folder, named like the zip"
+        );
+        assert!(
+            top.join("manifest-sha512.txt").exists() && top.join("manifest-sha256.txt").exists()
+        );
         check_bag_against_source(&top, &src, &files);
         assert_bagit_py_valid(&top);
     }
-    let stored = std::fs::metadata(tmp.path().join("stored.zip")).unwrap().len();
-    let deflated = std::fs::metadata(tmp.path().join("deflated.zip")).unwrap().len();
-    assert!(deflated < stored, "--compress deflates ({deflated} vs {stored})");
+    let stored = std::fs::metadata(tmp.path().join("stored.zip"))
+        .unwrap()
+        .len();
+    let deflated = std::fs::metadata(tmp.path().join("deflated.zip"))
+        .unwrap()
+        .len();
+    assert!(
+        deflated < stored,
+        "--compress deflates ({deflated} vs {stored})"
+    );
 }
 
 #[test]
@@ -113,15 +181,29 @@ fn links_special_files_and_empty_folders_are_recorded_not_archived() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 
     let bag = tmp.path().join("bag");
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--json"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--json",
+    ]);
     run.expect_code(0);
     assert_eq!(run.json()["skipped_items"], 6, "{}", run.stdout);
     let records = items(&bag);
-    let by_name = |n: &str| records.iter().find(|r| r["source"]["original_path"] == n).unwrap_or_else(|| panic!("no record {n}"));
+    let by_name = |n: &str| {
+        records
+            .iter()
+            .find(|r| r["source"]["original_path"] == n)
+            .unwrap_or_else(|| panic!("no record {n}"))
+    };
     assert_eq!(by_name("link-to-file")["type"], "symlink");
     assert_eq!(by_name("link-to-file")["target"], "real/file.txt");
     assert!(by_name("link-to-file")["path"].is_null());
-    assert!(by_name("link-to-file")["skipped"].as_str().unwrap().contains("not followed"));
+    assert!(by_name("link-to-file")["skipped"]
+        .as_str()
+        .unwrap()
+        .contains("not followed"));
     assert_eq!(by_name("dangling")["target"], "/nonexistent/target");
     assert_eq!(by_name("empty")["type"], "empty_directory");
     assert_eq!(by_name("pipe")["type"], "other");
@@ -131,13 +213,35 @@ fn links_special_files_and_empty_folders_are_recorded_not_archived() {
 
     // --follow-symlinks archives what links point to, without looping.
     let bag2 = tmp.path().join("bag-followed");
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", bag2.to_str().unwrap(), "--follow-symlinks", "--json"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag2.to_str().unwrap(),
+        "--follow-symlinks",
+        "--json",
+    ]);
     run.expect_code(0);
     let records = items(&bag2);
-    let stored: HashSet<&str> = records.iter().filter(|r| r["path"].is_string()).map(|r| r["source"]["original_path"].as_str().unwrap()).collect();
-    assert!(stored.contains("link-to-file") && stored.contains("link-to-dir/file.txt") && stored.contains("real/file.txt"), "{stored:?}");
-    let looped = records.iter().find(|r| r["source"]["original_path"] == "real/loop").unwrap();
-    assert_eq!(looped["type"], "other", "a link back up the tree is recorded, not followed");
+    let stored: HashSet<&str> = records
+        .iter()
+        .filter(|r| r["path"].is_string())
+        .map(|r| r["source"]["original_path"].as_str().unwrap())
+        .collect();
+    assert!(
+        stored.contains("link-to-file")
+            && stored.contains("link-to-dir/file.txt")
+            && stored.contains("real/file.txt"),
+        "{stored:?}"
+    );
+    let looped = records
+        .iter()
+        .find(|r| r["source"]["original_path"] == "real/loop")
+        .unwrap();
+    assert_eq!(
+        looped["type"], "other",
+        "a link back up the tree is recorded, not followed"
+    );
     assert_bagit_py_valid(&bag2);
 }
 
@@ -149,13 +253,25 @@ fn unreadable_files_fail_and_everything_else_is_archived() {
     write(&src.join("secret.txt"), b"s");
     write(&src.join("locked/inside.txt"), b"i");
     write(&src.join("zz-last.txt"), b"z");
-    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(
+        src.join("secret.txt"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
     std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
     for d in [&src, &src.join("ok")] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let bag = tmp.path().join("bag");
-    let args = ["export".to_string(), format!("fs:{}", src.display()), "--to".into(), bag.display().to_string(), "--json".into(), "--retries".into(), "0".into()];
+    let args = [
+        "export".to_string(),
+        format!("fs:{}", src.display()),
+        "--to".into(),
+        bag.display().to_string(),
+        "--json".into(),
+        "--retries".into(),
+        "0".into(),
+    ];
     let run = if is_root() {
         // Root reads everything; run as nobody so that permissions apply.
         let bin = tmp.path().join("ferry");
@@ -166,7 +282,11 @@ fn unreadable_files_fail_and_everything_else_is_archived() {
             .args(&args)
             .output()
             .expect("setpriv (util-linux) is needed to run this test as root");
-        Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     } else {
         ferry(&args)
     };
@@ -176,10 +296,19 @@ fn unreadable_files_fail_and_everything_else_is_archived() {
     assert_eq!(summary["failed_items"], 2, "{}", run.stdout);
     assert_eq!(summary["archived_items"], 2);
     let failures = std::fs::read_to_string(bag.join("ferry/failures.jsonl")).unwrap();
-    assert!(failures.contains("secret.txt") && failures.contains("locked"), "{failures}");
+    assert!(
+        failures.contains("secret.txt") && failures.contains("locked"),
+        "{failures}"
+    );
     assert!(failures.contains("ermission denied"), "{failures}");
-    let paths: Vec<String> = items(&bag).iter().filter_map(|r| r["path"].as_str().map(String::from)).collect();
-    assert!(paths.iter().any(|p| p.ends_with("ok/a.txt")) && paths.iter().any(|p| p.ends_with("zz-last.txt")));
+    let paths: Vec<String> = items(&bag)
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(String::from))
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with("ok/a.txt"))
+            && paths.iter().any(|p| p.ends_with("zz-last.txt"))
+    );
     std::fs::set_permissions(src.join("locked"), std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_bagit_py_valid(&bag);
     ferry(["verify", bag.to_str().unwrap()]).expect_code(0);
@@ -190,23 +319,58 @@ fn metadata_is_recorded_and_kept() {
     let tmp = tempdir();
     let src = tmp.path().join("src");
     write(&src.join("script.sh"), b"#!/bin/sh\n");
-    std::fs::set_permissions(src.join("script.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(
+        src.join("script.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
-    std::fs::File::options().write(true).open(src.join("script.sh")).unwrap().set_modified(when).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("script.sh"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
     let bag = tmp.path().join("bag");
-    ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--source-organization", "Eksempel kommune", "--external-identifier", "2026/114", "--bag-info", "Internal-Sender-Identifier=ark-7"]).expect_code(0);
+    ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--source-organization",
+        "Eksempel kommune",
+        "--external-identifier",
+        "2026/114",
+        "--bag-info",
+        "Internal-Sender-Identifier=ark-7",
+    ])
+    .expect_code(0);
     let r = &items(&bag)[0];
     assert_eq!(r["extra"]["mode"], "750");
     assert_eq!(r["modified"], "2017-07-14T02:40:00Z");
     assert_eq!(r["source"]["system"], "fs");
     assert!(r["retrieved_at"].is_string());
     let payload = bag.join(r["path"].as_str().unwrap());
-    assert_eq!(std::fs::metadata(&payload).unwrap().mtime(), 1_500_000_000, "payload keeps the source's mtime");
+    assert_eq!(
+        std::fs::metadata(&payload).unwrap().mtime(),
+        1_500_000_000,
+        "payload keeps the source's mtime"
+    );
     let info = std::fs::read_to_string(bag.join("bag-info.txt")).unwrap();
-    for line in ["Source-Organization: Eksempel kommune", "External-Identifier: 2026/114", "Internal-Sender-Identifier: ark-7", "Bagging-Date: ", "Bag-Size: ", "BagIt-Profile-Identifier: ", "Bag-Software-Agent: ferry "] {
+    for line in [
+        "Source-Organization: Eksempel kommune",
+        "External-Identifier: 2026/114",
+        "Internal-Sender-Identifier: ark-7",
+        "Bagging-Date: ",
+        "Bag-Size: ",
+        "BagIt-Profile-Identifier: ",
+        "Bag-Software-Agent: ferry ",
+    ] {
         assert!(info.contains(line), "{line:?} missing from\n{info}");
     }
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(bag.join("ferry/run.json")).unwrap()).unwrap();
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(bag.join("ferry/run.json")).unwrap())
+            .unwrap();
     assert_eq!(run["counts"]["archived_items"], 1);
     assert_eq!(run["sources"][0]["system"], "fs");
     assert_eq!(run["complete"], true);
@@ -217,7 +381,16 @@ fn a_single_file_can_be_exported() {
     let tmp = tempdir();
     write(&tmp.path().join("one.pdf"), b"%PDF-1.7");
     let bag = tmp.path().join("bag");
-    ferry(["export", &format!("fs:{}", tmp.path().join("one.pdf").display()), "--to", bag.to_str().unwrap()]).expect_code(0);
-    assert_eq!(std::fs::read(bag.join("data/fs/one.pdf")).unwrap(), b"%PDF-1.7");
+    ferry([
+        "export",
+        &format!("fs:{}", tmp.path().join("one.pdf").display()),
+        "--to",
+        bag.to_str().unwrap(),
+    ])
+    .expect_code(0);
+    assert_eq!(
+        std::fs::read(bag.join("data/fs/one.pdf")).unwrap(),
+        b"%PDF-1.7"
+    );
     assert_bagit_py_valid(&bag);
 }

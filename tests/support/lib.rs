@@ -37,12 +37,17 @@ pub struct Run {
 impl Run {
     /// Panics with the output unless the exit code is `code`.
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     /// stdout parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -60,7 +65,13 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    to_run(Command::new(ferry_bin()).args(args).env_remove("FERRY_LOG").output().expect("run ferry"))
+    to_run(
+        Command::new(ferry_bin())
+            .args(args)
+            .env_remove("FERRY_LOG")
+            .output()
+            .expect("run ferry"),
+    )
 }
 
 /// Runs `ferry args…` in `dir`.
@@ -69,7 +80,14 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    to_run(Command::new(ferry_bin()).args(args).current_dir(dir).env_remove("FERRY_LOG").output().expect("run ferry"))
+    to_run(
+        Command::new(ferry_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("FERRY_LOG")
+            .output()
+            .expect("run ferry"),
+    )
 }
 
 /// Runs `ferry args…` and returns its exit code and peak resident memory in KiB (from
@@ -81,7 +99,13 @@ where
 {
     let out = std::fs::File::create(log_dir.join("stdout")).unwrap();
     let err = std::fs::File::create(log_dir.join("stderr")).unwrap();
-    let child = Command::new(ferry_bin()).args(args).stdout(out).stderr(err).stdin(Stdio::null()).spawn().expect("spawn ferry");
+    let child = Command::new(ferry_bin())
+        .args(args)
+        .stdout(out)
+        .stderr(err)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn ferry");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
@@ -89,7 +113,11 @@ where
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(rc, pid, "wait4 failed");
     std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     (code, usage.ru_maxrss as u64)
 }
 
@@ -97,10 +125,15 @@ where
 /// unless `FERRY_REQUIRE_BAGIT=1` (set by CI), which makes its absence a failure.
 pub fn bagit_py() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join("bagit.py")).find(|p| p.exists())
+        std::env::split_paths(&paths)
+            .map(|p| p.join("bagit.py"))
+            .find(|p| p.exists())
     });
     if found.is_none() {
-        assert!(std::env::var_os("FERRY_REQUIRE_BAGIT").is_none(), "bagit.py is required (FERRY_REQUIRE_BAGIT) but not on PATH");
+        assert!(
+            std::env::var_os("FERRY_REQUIRE_BAGIT").is_none(),
+            "bagit.py is required (FERRY_REQUIRE_BAGIT) but not on PATH"
+        );
         eprintln!("NOTICE: bagit.py not found; skipping the bagit-python check (pip install bagit==1.9.0)");
     }
     found
@@ -109,7 +142,11 @@ pub fn bagit_py() -> Option<PathBuf> {
 /// Asserts that bagit-python calls the folder bag valid (if bagit.py is available).
 pub fn assert_bagit_py_valid(bag: &Path) {
     let Some(bagit) = bagit_py() else { return };
-    let out = Command::new("python3").arg(bagit).args(["--validate", "--processes", "2"]).arg(bag).output().expect("run bagit.py");
+    let out = Command::new(bagit)
+        .args(["--validate", "--processes", "2"])
+        .arg(bag)
+        .output()
+        .expect("run bagit.py");
     assert!(
         out.status.success(),
         "bagit.py --validate {} failed:\n{}",
@@ -121,8 +158,16 @@ pub fn assert_bagit_py_valid(bag: &Path) {
 /// Asserts that bagit-python calls the folder bag invalid (if bagit.py is available).
 pub fn assert_bagit_py_invalid(bag: &Path) {
     let Some(bagit) = bagit_py() else { return };
-    let out = Command::new("python3").arg(bagit).arg("--validate").arg(bag).output().expect("run bagit.py");
-    assert!(!out.status.success(), "bagit.py --validate {} passed a corrupt bag", bag.display());
+    let out = Command::new(bagit)
+        .arg("--validate")
+        .arg(bag)
+        .output()
+        .expect("run bagit.py");
+    assert!(
+        !out.status.success(),
+        "bagit.py --validate {} passed a corrupt bag",
+        bag.display()
+    );
 }
 
 /// Unpacks a zip with Python's zipfile (an independent reader, which also checks every CRC)
@@ -134,7 +179,12 @@ pub fn unzip_with_python(zip: &Path, into: &Path) {
         .arg(into)
         .output()
         .expect("run python3");
-    assert!(out.status.success(), "python zipfile rejected {}:\n{}", zip.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python zipfile rejected {}:\n{}",
+        zip.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes a file, creating parent folders.
@@ -196,7 +246,11 @@ pub fn hostile_tree(root: &Path) -> Vec<Vec<u8>> {
             }
             rel.extend_from_slice(name);
             let path = root.join(OsStr::from_bytes(&rel));
-            let content = if name == b"empty-file" { Vec::new() } else { format!("{i}:{}", String::from_utf8_lossy(&rel)).into_bytes() };
+            let content = if name == b"empty-file" {
+                Vec::new()
+            } else {
+                format!("{i}:{}", String::from_utf8_lossy(&rel)).into_bytes()
+            };
             write(&path, &content);
             files.push(rel);
         }
@@ -207,12 +261,17 @@ pub fn hostile_tree(root: &Path) -> Vec<Vec<u8>> {
 /// The records of a folder bag's `ferry/items.jsonl`.
 pub fn items(bag: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(bag.join("ferry/items.jsonl")).expect("items.jsonl");
-    text.lines().map(|l| serde_json::from_str(l).expect("items.jsonl line is JSON")).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("items.jsonl line is JSON"))
+        .collect()
 }
 
 /// A temporary folder that everyone can enter (so tests can also run ferry as another user).
 pub fn tempdir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("ferry-e2e-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-e2e-")
+        .tempdir()
+        .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     dir

@@ -12,6 +12,12 @@ use crate::cli::{Cli, Command};
 use crate::commands::exit;
 
 fn main() {
+    // Die quietly on a closed pipe (`ferry ls … | head`), like other Unix tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     progress::init_logging(cli.quiet, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

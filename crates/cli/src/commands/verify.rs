@@ -1,7 +1,50 @@
-//! `ferry verify`.
-use crate::cli::{Cli, VerifyArgs};
+//! `ferry verify BAG`.
+
 use anyhow::Result;
-/// Runs verify.
-pub async fn run(_cli: &Cli, _args: &VerifyArgs) -> Result<i32> {
-    anyhow::bail!("verify: not built yet")
+use ferry_archive::verify::{verify, Status, VerifyMode, VerifyOptions};
+
+use super::exit;
+use crate::cli::{Cli, VerifyArgs};
+
+/// Verifies a bag; returns the exit code (0 valid, 1 invalid or incomplete, 2 cannot read).
+pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<i32> {
+    let mode = if args.fast {
+        VerifyMode::Fast
+    } else if args.completeness_only {
+        VerifyMode::CompletenessOnly
+    } else {
+        VerifyMode::Full
+    };
+    let options = VerifyOptions {
+        mode,
+        threads: args.threads.unwrap_or_default(),
+    };
+    let path = args.bag.clone();
+    // Hashing runs on its own threads; keep the async runtime out of its way.
+    let report = tokio::task::spawn_blocking(move || verify(&path, &options)).await?;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "error", "path": args.bag.display().to_string(), "error": e.to_string()})
+                );
+            }
+            anyhow::bail!("cannot verify {}: {e}", args.bag.display());
+        }
+    };
+    let code = match report.status {
+        Status::Valid => exit::OK,
+        Status::Invalid | Status::Incomplete => exit::PROBLEMS,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cli.quiet || code != exit::OK {
+        println!("{report}");
+        if report.status == Status::Incomplete {
+            println!("The bag is not complete yet; if it is an interrupted ferry export, rerun the same export command to finish it.");
+        }
+    }
+    Ok(code)
 }
