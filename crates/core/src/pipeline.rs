@@ -358,3 +358,256 @@ impl Transfer {
         Ok(stored)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline against a scripted in-memory connector and sink: retries, Retry-After,
+    //! truncation, checksum mismatches, permanent and fatal errors, the concurrency bound.
+
+    use super::*;
+    use crate::connector::{ByteStream, SourceInfo};
+    use crate::item::{ChecksumAlgorithm, SourceChecksum, SourceRef};
+    use crate::progress::NoProgress;
+    use crate::sink::ItemWriter;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// What an item's `open` does on each attempt.
+    #[derive(Clone)]
+    enum Script {
+        Ok,
+        /// Fail with a transient error (and this Retry-After) the first n attempts.
+        FailFirst(u32, Option<Duration>),
+        /// Deliver only half the bytes the first n attempts.
+        TruncateFirst(u32),
+        /// Deliver different bytes than the checksum says, always.
+        Corrupt,
+        Permanent,
+        Fatal,
+    }
+
+    struct TestConnector {
+        items: Vec<(Item, Vec<u8>, Script)>,
+        attempts: Mutex<HashMap<String, u32>>,
+    }
+
+    fn item(id: &str, data: &[u8], md5: Option<&str>) -> Item {
+        let mut it = Item::file(
+            SourceRef { system: "test".into(), account: None, container: None, id: id.into(), version: None, original_name: None, original_path: Some(id.into()) },
+            vec![id.into()],
+        );
+        it.size = Some(data.len() as u64);
+        if let Some(v) = md5 {
+            it.source_checksums.push(SourceChecksum { algorithm: ChecksumAlgorithm::Md5, value: v.into() });
+        }
+        it
+    }
+
+    fn md5_hex(data: &[u8]) -> String {
+        let mut h = MultiHasher::new([crate::DigestAlgorithm::Md5]);
+        h.update(data);
+        h.finish().remove(&crate::DigestAlgorithm::Md5).unwrap()
+    }
+
+    #[async_trait]
+    impl Connector for TestConnector {
+        fn info(&self) -> SourceInfo {
+            SourceInfo { uri: "test:".into(), system: "test".into(), connector: "test".into(), options: Default::default() }
+        }
+        fn list(&self) -> crate::connector::ListingStream<'_> {
+            futures::stream::iter(self.items.iter().map(|(i, _, _)| Ok(Listing::Item(i.clone())))).boxed()
+        }
+        async fn open(&self, item: &Item, _offset: u64) -> Result<ByteStream> {
+            let (_, data, script) = self.items.iter().find(|(i, _, _)| i.source.id == item.source.id).unwrap();
+            let attempt = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(item.source.id.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let data = data.clone();
+            let bytes = match script {
+                Script::Ok => data,
+                Script::FailFirst(n, after) if attempt <= *n => return Err(Error::transient("503 SlowDown").with_retry_after(*after)),
+                Script::FailFirst(..) => data,
+                Script::TruncateFirst(n) if attempt <= *n => data[..data.len() / 2].to_vec(),
+                Script::TruncateFirst(_) => data,
+                Script::Corrupt => data.iter().map(|b| b ^ 1).collect(),
+                Script::Permanent => return Err(Error::permanent("404 Not Found")),
+                Script::Fatal => return Err(Error::fatal("401 bad credentials")),
+            };
+            // Two chunks, so writers see more than one write.
+            let mid = bytes.len() / 2;
+            let chunks = vec![Ok(Bytes::copy_from_slice(&bytes[..mid])), Ok(Bytes::copy_from_slice(&bytes[mid..]))];
+            Ok(futures::stream::iter(chunks).boxed())
+        }
+    }
+
+    #[derive(Default)]
+    struct TestSink {
+        stored: Mutex<HashMap<String, (Vec<u8>, StoredItem)>>,
+        failures: Mutex<Vec<Failure>>,
+        open: AtomicUsize,
+        max_open: AtomicUsize,
+        aborted: AtomicUsize,
+    }
+
+    struct TestWriter {
+        sink: Arc<TestSink>,
+        data: Vec<u8>,
+    }
+
+    #[async_trait]
+    impl ItemWriter for TestWriter {
+        async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+            self.data.extend_from_slice(chunk);
+            tokio::task::yield_now().await;
+            Ok(())
+        }
+        async fn commit(self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
+            self.sink.open.fetch_sub(1, Ordering::SeqCst);
+            self.sink.stored.lock().unwrap().insert(item.source.id.clone(), (self.data.clone(), stored));
+            Ok(())
+        }
+        async fn abort(self: Box<Self>) {
+            self.sink.open.fetch_sub(1, Ordering::SeqCst);
+            self.sink.aborted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct SinkHandle(Arc<TestSink>);
+
+    #[async_trait]
+    impl Sink for SinkHandle {
+        fn digest_algorithms(&self) -> Vec<crate::DigestAlgorithm> {
+            vec![crate::DigestAlgorithm::Sha256]
+        }
+        fn place(&self, item: &Item) -> Result<Placement> {
+            Ok(Placement::New(item.source.id.clone()))
+        }
+        async fn create(&self, _item: &Item, _path: &str) -> Result<Box<dyn ItemWriter>> {
+            let now = self.0.open.fetch_add(1, Ordering::SeqCst) + 1;
+            self.0.max_open.fetch_max(now, Ordering::SeqCst);
+            // Hold the slot a moment so concurrent transfers overlap.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(Box::new(TestWriter { sink: self.0.clone(), data: Vec::new() }))
+        }
+        async fn record_skipped(&self, _item: &Item, _reason: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn record_failure(&self, failure: &Failure) -> Result<()> {
+            self.0.failures.lock().unwrap().push(failure.clone());
+            Ok(())
+        }
+    }
+
+    fn fast_retries(max_attempts: u32) -> PipelineOptions {
+        PipelineOptions {
+            concurrency: 3,
+            retry: RetryPolicy { max_attempts, initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), ..Default::default() },
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn run(items: Vec<(Item, Vec<u8>, Script)>, options: PipelineOptions) -> (RunReport, Option<Error>, Arc<TestSink>) {
+        let connector = Arc::new(TestConnector { items, attempts: Mutex::new(HashMap::new()) });
+        let sink = Arc::new(TestSink::default());
+        let (report, fatal) = Pipeline::new(options)
+            .run(connector, Arc::new(SinkHandle(sink.clone())), Arc::new(NoProgress), CancellationToken::new())
+            .await;
+        (report, fatal, sink)
+    }
+
+    #[tokio::test]
+    async fn every_item_is_archived_or_failed_with_a_reason() {
+        let data = |i: u8| vec![i; 1000 + i as usize];
+        let items = vec![
+            (item("ok", &data(1), Some(&md5_hex(&data(1)))), data(1), Script::Ok),
+            (item("flaky", &data(2), None), data(2), Script::FailFirst(2, None)),
+            (item("truncated-once", &data(3), None), data(3), Script::TruncateFirst(1)),
+            (item("corrupt", &data(4), Some(&md5_hex(&data(4)))), data(4), Script::Corrupt),
+            (item("gone", &data(5), None), data(5), Script::Permanent),
+            (item("always-truncated", &data(6), None), data(6), Script::TruncateFirst(99)),
+        ];
+        let (report, fatal, sink) = run(items, fast_retries(4)).await;
+        assert!(fatal.is_none());
+        assert_eq!(report.listed_items, 6);
+        assert_eq!(report.archived_items, 3);
+        assert_eq!(report.failed_items, 3);
+        let stored = sink.stored.lock().unwrap();
+        assert_eq!(stored["ok"].0, data(1));
+        assert_eq!(stored["ok"].1.checks.len(), 1);
+        assert!(stored["ok"].1.checks[0].verified);
+        assert_eq!(stored["flaky"].0, data(2));
+        assert_eq!(stored["truncated-once"].0, data(3));
+        let failures = sink.failures.lock().unwrap();
+        let why = |id: &str| failures.iter().find(|f| f.source.as_ref().unwrap().id == id).unwrap().clone();
+        assert!(why("corrupt").error.contains("checksum mismatch"), "{}", why("corrupt").error);
+        assert_eq!(why("corrupt").attempts, 4, "mismatches are retried");
+        assert_eq!(why("corrupt").stage, "check");
+        assert_eq!(why("gone").attempts, 1, "permanent errors are not retried");
+        assert!(why("always-truncated").error.contains("truncated"));
+        assert_eq!(report.retries, 2 + 1 + 3 + 3);
+        assert!(sink.aborted.load(Ordering::SeqCst) >= 1 + 3 + 3, "failed attempts discard what they wrote");
+        assert_eq!(stored["ok"].1.digests.len(), 1, "only the sink's digests are passed on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured() {
+        let d = vec![9u8; 10];
+        let items = vec![(item("throttled", &d, None), d.clone(), Script::FailFirst(1, Some(Duration::from_secs(30))))];
+        let start = tokio::time::Instant::now();
+        let (report, _, _) = run(items, fast_retries(3)).await;
+        assert_eq!(report.archived_items, 1);
+        assert!(start.elapsed() >= Duration::from_secs(30), "waited {:?}", start.elapsed());
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_bounded() {
+        let items: Vec<_> = (0..40u8).map(|i| (item(&format!("i{i}"), &[i; 64], None), vec![i; 64], Script::Ok)).collect();
+        let (report, _, sink) = run(items, fast_retries(1)).await;
+        assert_eq!(report.archived_items, 40);
+        let max = sink.max_open.load(Ordering::SeqCst);
+        assert!(max <= 3 && max >= 2, "max concurrent transfers {max}");
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_stops_the_run() {
+        let d = vec![1u8; 10];
+        let mut items: Vec<_> = (0..5).map(|i| (item(&format!("a{i}"), &d, None), d.clone(), Script::Ok)).collect();
+        items.push((item("auth", &d, None), d.clone(), Script::Fatal));
+        items.extend((0..50).map(|i| (item(&format!("b{i}"), &d, None), d.clone(), Script::Ok)));
+        let (report, fatal, _) = run(items, fast_retries(3)).await;
+        let fatal = fatal.expect("fatal error reported");
+        assert!(fatal.to_string().contains("bad credentials"));
+        assert!(report.stopped.is_some());
+        assert!(report.archived_items < 55);
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_run() {
+        let d = vec![1u8; 10];
+        let items: Vec<_> = (0..20).map(|i| (item(&format!("a{i}"), &d, None), d.clone(), Script::FailFirst(100, Some(Duration::from_secs(3600))))).collect();
+        let connector = Arc::new(TestConnector { items, attempts: Mutex::new(HashMap::new()) });
+        let sink = Arc::new(TestSink::default());
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c2.cancel();
+        });
+        let mut options = fast_retries(5);
+        options.retry.max_retry_after = Duration::from_secs(7200);
+        let (report, fatal) = tokio::time::timeout(
+            Duration::from_secs(10),
+            Pipeline::new(options).run(connector, Arc::new(SinkHandle(sink)), Arc::new(NoProgress), cancel),
+        )
+        .await
+        .expect("cancel ends the run promptly");
+        assert!(fatal.is_none());
+        assert_eq!(report.stopped.as_deref(), Some("interrupted"));
+    }
+}
