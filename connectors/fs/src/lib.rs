@@ -28,6 +28,9 @@ use time::OffsetDateTime;
 /// Bytes read from a file at a time.
 const CHUNK: usize = 256 << 10;
 
+/// Files up to this size are read in one go without a trip to the blocking thread pool.
+const INLINE_READ_MAX: u64 = 64 << 10;
+
 /// Options of the fs connector.
 #[derive(Debug, Clone, Default)]
 pub struct FsOptions {
@@ -398,81 +401,118 @@ impl Connector for FsConnector {
 
     async fn open(&self, item: &Item, offset: u64) -> Result<ByteStream> {
         let path = self.path_of(item);
-        let item = item.clone();
-        let display = path.display().to_string();
-        let file = tokio::task::spawn_blocking(move || -> Result<File> {
-            let mut file = File::open(&path)
-                .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-            let meta = file
-                .metadata()
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            if let Some(what) = changed(&item, &meta) {
-                return Err(Error::transient(format!(
-                    "{} changed since it was listed: {what}",
-                    path.display()
-                )));
-            }
-            if offset > 0 {
-                file.seek(SeekFrom::Start(offset))
-                    .map_err(|e| Error::io(format!("seeking in {}", path.display()), e))?;
-            }
-            Ok(file)
-        })
-        .await
-        .map_err(|e| Error::fatal(format!("internal error: {e}")))??;
-        let stream = futures::stream::unfold(Some((file, display)), |state| async move {
-            let (mut file, display) = state?;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buf = BytesMut::zeroed(CHUNK);
-                let mut filled = 0;
-                // Fill whole chunks: fewer, larger writes downstream.
-                while filled < CHUNK {
-                    match file.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            return (
-                                Err(Error::io(format!("reading {display}"), e)),
-                                file,
-                                display,
-                            )
-                        }
-                    }
-                }
-                buf.truncate(filled);
-                (Ok(buf.freeze()), file, display)
+        let mut reader = FileReader {
+            path,
+            item: item.clone(),
+            file: None,
+            offset,
+            done: false,
+        };
+        if item.size.is_some_and(|s| s <= INLINE_READ_MAX) {
+            // A small file is read right here: from the page cache that takes a few
+            // microseconds, less than handing it to the blocking pool and back, which dominated
+            // exports of many small files.
+            let chunk = reader.next_chunk()?;
+            return Ok(futures::stream::iter(chunk.map(Ok)).boxed());
+        }
+        // Each step (open + first chunk, then each further chunk) is one trip to the blocking
+        // pool: small files cost a single trip.
+        let stream = futures::stream::unfold(Some(reader), |state| async move {
+            let mut reader = state?;
+            let step = tokio::task::spawn_blocking(move || {
+                let chunk = reader.next_chunk();
+                (chunk, reader)
             })
             .await;
-            match read {
-                Ok((Ok(bytes), _, _)) if bytes.is_empty() => None,
-                Ok((Ok(bytes), file, display)) => {
-                    let full = bytes.len() == CHUNK;
-                    Some((Ok(bytes), full.then_some((file, display))))
+            match step {
+                Ok((Ok(Some(bytes)), reader)) => {
+                    let more = !reader.done;
+                    Some((Ok(bytes), more.then_some(reader)))
                 }
-                Ok((Err(e), _, _)) => Some((Err(e), None)),
+                Ok((Ok(None), _)) => None,
+                Ok((Err(e), _)) => Some((Err(e), None)),
                 Err(e) => Some((Err(Error::fatal(format!("internal error: {e}"))), None)),
             }
         });
         Ok(stream.boxed())
     }
+}
 
-    async fn confirm(&self, item: &Item) -> Result<()> {
-        let path = self.path_of(item);
-        let item = item.clone();
-        tokio::task::spawn_blocking(move || {
-            let meta = std::fs::metadata(&path)
-                .map_err(|e| Error::io(format!("checking {}", path.display()), e))?;
-            match changed(&item, &meta) {
-                Some(what) => Err(Error::transient(format!(
-                    "{} changed while it was read: {what}",
-                    path.display()
-                ))),
-                None => Ok(()),
+/// Reads one file in chunks on the blocking pool, and checks at the end that it did not change
+/// while it was read (size and modification time as listed).
+struct FileReader {
+    path: PathBuf,
+    item: Item,
+    file: Option<File>,
+    offset: u64,
+    done: bool,
+}
+
+impl FileReader {
+    fn open(&mut self) -> Result<()> {
+        let path = &self.path;
+        let mut file =
+            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        // No check of the size here: the check after the last read catches any change since
+        // the listing as well, for one system call less per file.
+        if self.offset > 0 {
+            file.seek(SeekFrom::Start(self.offset))
+                .map_err(|e| Error::io(format!("seeking in {}", path.display()), e))?;
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        if self.file.is_none() {
+            self.open()?;
+        }
+        let file = self.file.as_mut().expect("open file");
+        // Size the buffer to what is left, so small files do not pay for zeroing a whole chunk.
+        // When the listed size is reached the file is checked with fstat instead of one more
+        // read: a file that grew, shrank or was rewritten shows a different size or mtime.
+        let expected = self.item.size;
+        let left = expected.unwrap_or(u64::MAX).saturating_sub(self.offset);
+        let cap = left.clamp(1, CHUNK as u64) as usize;
+        let mut buf = BytesMut::zeroed(cap);
+        let mut filled = 0;
+        let mut eof = false;
+        while filled < cap {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
             }
-        })
-        .await
-        .map_err(|e| Error::fatal(format!("internal error: {e}")))?
+        }
+        buf.truncate(filled);
+        self.offset += filled as u64;
+        if eof || expected.is_some_and(|size| self.offset >= size) {
+            self.done = true;
+            let meta = file
+                .metadata()
+                .map_err(|e| Error::io(format!("checking {}", self.path.display()), e))?;
+            if let Some(what) = changed(&self.item, &meta) {
+                return Err(Error::transient(format!(
+                    "{} changed while it was read: {what}",
+                    self.path.display()
+                )));
+            }
+            if self.offset < meta.len() {
+                return Err(Error::transient(format!(
+                    "{} changed while it was read: it grew",
+                    self.path.display()
+                )));
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        Ok(Some(buf.freeze()))
     }
 }
 
@@ -481,16 +521,3 @@ fn tokio_stream<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
-
-/// Reads a whole stream into memory (tests only need it; never used on real data).
-#[doc(hidden)]
-pub async fn collect_for_tests(mut s: ByteStream) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = s.next().await {
-        out.extend_from_slice(&chunk?);
-    }
-    Ok(out)
-}
-
-#[allow(dead_code)]
-fn _assert_bytes(_: Bytes) {}

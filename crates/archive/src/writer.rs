@@ -208,6 +208,13 @@ struct RecordDigests {
     digests: std::collections::BTreeMap<String, String>,
 }
 
+/// A journal line whose record is copied to items.jsonl as it is, without re-serialising.
+#[derive(Deserialize)]
+struct RawJournalLine<'a> {
+    #[serde(borrow)]
+    record: &'a serde_json::value::RawValue,
+}
+
 struct Done {
     path: String,
     size: Option<u64>,
@@ -310,6 +317,8 @@ struct Shared {
     store: Arc<tokio::sync::Mutex<Store>>,
     side: Mutex<SideFiles>,
     tmp_counter: AtomicU64,
+    /// Payload folders known to exist (saves a mkdir and a stat per file).
+    made_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 struct SideFiles {
@@ -529,6 +538,7 @@ impl BagWriter {
             store: Arc::new(tokio::sync::Mutex::new(store)),
             side: Mutex::new(side),
             tmp_counter: AtomicU64::new(0),
+            made_dirs: Mutex::new(HashSet::new()),
         };
         let writer = BagWriter {
             shared: Arc::new(shared),
@@ -710,6 +720,18 @@ impl BagWriter {
 }
 
 impl Shared {
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        if self.made_dirs.lock().expect("dirs lock").contains(dir) {
+            return Ok(());
+        }
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        self.made_dirs
+            .lock()
+            .expect("dirs lock")
+            .insert(dir.to_path_buf());
+        Ok(())
+    }
+
     fn checkpoint(&self, store: &mut Store) -> Result<()> {
         if let Some(zip) = &mut store.zip {
             zip.sync().map_err(io_err("syncing the zip"))?;
@@ -778,10 +800,12 @@ impl Shared {
         let store = &mut *store;
         let mut tags: Box<dyn TagTarget + '_> = match (&self.target, store.zip.as_mut()) {
             (BagTarget::Zip(_), Some(zip)) => Box::new(ZipTags {
+                algs: self.options.digests.clone(),
                 zip,
                 top: self.zip_top(),
             }),
             (BagTarget::Folder(p), _) => Box::new(FolderTags {
+                algs: self.options.digests.clone(),
                 bag: p.clone(),
                 staging: self.work.join("tags"),
                 written: Vec::new(),
@@ -790,18 +814,46 @@ impl Shared {
         };
         let journal_path = self.work.join("journal.jsonl");
         let algs = self.options.digests.clone();
-        // Pass 1: items.jsonl (stored items, then recorded-only ones), counting the payload.
+        // One pass over the journal writes items.jsonl (stored items, then recorded-only ones)
+        // and stages every payload manifest, counting the payload on the way.
         let mut payload_files = 0u64;
         let mut payload_bytes = 0u64;
         let skipped_path = self.work.join("skipped.jsonl");
         let mut skipped_items = 0u64;
+        let staged_manifest =
+            |alg: &DigestAlgorithm| self.work.join(format!("manifest-{}.staged", alg.name()));
+        let mut staged = Vec::with_capacity(algs.len());
+        for alg in &algs {
+            let file =
+                File::create(staged_manifest(alg)).map_err(io_err("staging the manifests"))?;
+            staged.push((*alg, BufWriter::with_capacity(256 << 10, file)));
+        }
         let items_digests = tags.write(ITEMS_JSONL, &mut |out| {
             for_each_journal_line(&journal_path, &superseded, |line| {
-                let entry: JournalLine = serde_json::from_str(line).map_err(io::Error::other)?;
+                let entry: RawJournalLine = serde_json::from_str(line).map_err(io::Error::other)?;
+                let record = entry.record.get();
+                let lite: RecordDigests = serde_json::from_str(record).map_err(io::Error::other)?;
+                let Some(path) = lite.path else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "journal line without a payload path",
+                    ));
+                };
                 payload_files += 1;
-                payload_bytes += entry.record.size.unwrap_or(0);
-                serde_json::to_writer(&mut *out, &entry.record).map_err(io::Error::other)?;
-                out.write_all(b"\n")
+                payload_bytes += lite.size.unwrap_or(0);
+                out.write_all(record.as_bytes())?;
+                out.write_all(b"\n")?;
+                let encoded = encode_manifest_path(&path);
+                for (alg, w) in &mut staged {
+                    let digest = lite.digests.get(alg.name()).ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("journal line without a {alg} digest"),
+                        )
+                    })?;
+                    writeln!(w, "{digest}  {encoded}")?;
+                }
+                Ok(())
             })?;
             for line in BufReader::new(File::open(&skipped_path)?).lines() {
                 let line = line?;
@@ -811,25 +863,16 @@ impl Shared {
             }
             Ok(())
         })?;
+        for (_, w) in &mut staged {
+            w.flush().map_err(io_err("staging the manifests"))?;
+        }
+        drop(staged);
         let mut tag_digests: Vec<(String, Digests)> = vec![(ITEMS_JSONL.into(), items_digests)];
-        // Pass 2..: one payload manifest per algorithm.
         for alg in &algs {
             let name = format!("manifest-{}.txt", alg.name());
+            let from = staged_manifest(alg);
             let d = tags.write(&name, &mut |out| {
-                for_each_journal_line(&journal_path, &superseded, |line| {
-                    let entry: JournalDigests =
-                        serde_json::from_str(line).map_err(io::Error::other)?;
-                    let (Some(path), Some(digest)) =
-                        (entry.record.path, entry.record.digests.get(alg.name()))
-                    else {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "journal line without path or digest",
-                        ));
-                    };
-                    let _ = entry.record.size;
-                    writeln!(out, "{digest}  {}", encode_manifest_path(&path))
-                })
+                io::copy(&mut File::open(&from)?, out).map(|_| ())
             })?;
             tag_digests.push((name, d));
         }
@@ -995,6 +1038,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 struct FolderTags {
+    algs: Vec<DigestAlgorithm>,
     bag: PathBuf,
     staging: PathBuf,
     written: Vec<(PathBuf, PathBuf)>,
@@ -1006,7 +1050,7 @@ impl TagTarget for FolderTags {
         name: &str,
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<Digests> {
-        let algs = ALL_TAG_ALGS;
+        let algs = self.algs.clone();
         fs::create_dir_all(&self.staging).map_err(io_err("writing tag files"))?;
         let staged = self.staging.join(name.replace('/', "__"));
         let file = File::create(&staged).map_err(io_err(format!("writing {name}")))?;
@@ -1042,10 +1086,8 @@ impl TagTarget for FolderTags {
     }
 }
 
-/// Tag files are hashed with every algorithm a bag may ask for; only the asked ones are used.
-const ALL_TAG_ALGS: [DigestAlgorithm; 6] = DigestAlgorithm::ALL;
-
 struct ZipTags<'a> {
+    algs: Vec<DigestAlgorithm>,
     zip: &'a mut ZipBuilder,
     top: String,
 }
@@ -1089,7 +1131,7 @@ impl TagTarget for ZipTags<'_> {
                     entry: Some(entry),
                 },
             ),
-            hasher: MultiHasher::new(ALL_TAG_ALGS),
+            hasher: MultiHasher::new(self.algs.iter().copied()),
         };
         fill(&mut w).map_err(io_err(format!("writing {name}")))?;
         w.flush().map_err(io_err(format!("writing {name}")))?;
@@ -1161,7 +1203,12 @@ impl Sink for BagWriter {
                 Ok(Box::new(FolderItem {
                     shared: self.shared.clone(),
                     tmp: Some(tmp),
-                    file: Some(BufWriter::with_capacity(256 << 10, file)),
+                    // Chunks from local files are large already; the buffer matters for
+                    // network sources that deliver a few KiB at a time.
+                    file: Some(BufWriter::with_capacity(
+                        item.size.unwrap_or(256 << 10).clamp(8 << 10, 256 << 10) as usize,
+                        file,
+                    )),
                     final_path,
                     written: 0,
                 }))
@@ -1243,7 +1290,7 @@ impl ItemWriter for FolderItem {
         }
         drop(file);
         if let Some(parent) = final_path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+            self.shared.ensure_dir(parent)?;
         }
         fs::rename(&tmp, &final_path).map_err(io_err(format!("moving {what} into place")))?;
         {

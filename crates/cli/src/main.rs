@@ -30,13 +30,21 @@ fn main() {
             std::process::exit(exit::ERROR);
         }
     };
-    let result = runtime.block_on(async {
-        match &cli.command {
-            Command::Export(args) => commands::export::run(&cli, args).await,
-            Command::Verify(args) => commands::verify::run(&cli, args).await,
-            Command::Ls(args) => commands::ls::run(&cli, args),
-            Command::Demo(args) => commands::demo::run(&cli, args).await,
-        }
+    // The command runs as a task on a worker thread rather than on this thread: the pipeline
+    // talks to its transfer tasks constantly, and waking across to the main thread cost more
+    // than the work itself on exports of many small files.
+    let cli = std::sync::Arc::new(cli);
+    let result = runtime.block_on(async move {
+        let task = tokio::spawn(async move {
+            match &cli.command {
+                Command::Export(args) => commands::export::run(&cli, args).await,
+                Command::Verify(args) => commands::verify::run(&cli, args).await,
+                Command::Ls(args) => commands::ls::run(&cli, args),
+                Command::Demo(args) => commands::demo::run(&cli, args).await,
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
     });
     // Don't wait for blocking tasks of an interrupted run.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -396,12 +396,23 @@ mod tests {
 
     fn item(id: &str, data: &[u8], md5: Option<&str>) -> Item {
         let mut it = Item::file(
-            SourceRef { system: "test".into(), account: None, container: None, id: id.into(), version: None, original_name: None, original_path: Some(id.into()) },
+            SourceRef {
+                system: "test".into(),
+                account: None,
+                container: None,
+                id: id.into(),
+                version: None,
+                original_name: None,
+                original_path: Some(id.into()),
+            },
             vec![id.into()],
         );
         it.size = Some(data.len() as u64);
         if let Some(v) = md5 {
-            it.source_checksums.push(SourceChecksum { algorithm: ChecksumAlgorithm::Md5, value: v.into() });
+            it.source_checksums.push(SourceChecksum {
+                algorithm: ChecksumAlgorithm::Md5,
+                value: v.into(),
+            });
         }
         it
     }
@@ -415,13 +426,27 @@ mod tests {
     #[async_trait]
     impl Connector for TestConnector {
         fn info(&self) -> SourceInfo {
-            SourceInfo { uri: "test:".into(), system: "test".into(), connector: "test".into(), options: Default::default() }
+            SourceInfo {
+                uri: "test:".into(),
+                system: "test".into(),
+                connector: "test".into(),
+                options: Default::default(),
+            }
         }
         fn list(&self) -> crate::connector::ListingStream<'_> {
-            futures::stream::iter(self.items.iter().map(|(i, _, _)| Ok(Listing::Item(i.clone())))).boxed()
+            futures::stream::iter(
+                self.items
+                    .iter()
+                    .map(|(i, _, _)| Ok(Listing::Item(i.clone()))),
+            )
+            .boxed()
         }
         async fn open(&self, item: &Item, _offset: u64) -> Result<ByteStream> {
-            let (_, data, script) = self.items.iter().find(|(i, _, _)| i.source.id == item.source.id).unwrap();
+            let (_, data, script) = self
+                .items
+                .iter()
+                .find(|(i, _, _)| i.source.id == item.source.id)
+                .unwrap();
             let attempt = {
                 let mut a = self.attempts.lock().unwrap();
                 let n = a.entry(item.source.id.clone()).or_default();
@@ -431,7 +456,9 @@ mod tests {
             let data = data.clone();
             let bytes = match script {
                 Script::Ok => data,
-                Script::FailFirst(n, after) if attempt <= *n => return Err(Error::transient("503 SlowDown").with_retry_after(*after)),
+                Script::FailFirst(n, after) if attempt <= *n => {
+                    return Err(Error::transient("503 SlowDown").with_retry_after(*after))
+                }
                 Script::FailFirst(..) => data,
                 Script::TruncateFirst(n) if attempt <= *n => data[..data.len() / 2].to_vec(),
                 Script::TruncateFirst(_) => data,
@@ -441,7 +468,10 @@ mod tests {
             };
             // Two chunks, so writers see more than one write.
             let mid = bytes.len() / 2;
-            let chunks = vec![Ok(Bytes::copy_from_slice(&bytes[..mid])), Ok(Bytes::copy_from_slice(&bytes[mid..]))];
+            let chunks = vec![
+                Ok(Bytes::copy_from_slice(&bytes[..mid])),
+                Ok(Bytes::copy_from_slice(&bytes[mid..])),
+            ];
             Ok(futures::stream::iter(chunks).boxed())
         }
     }
@@ -469,7 +499,11 @@ mod tests {
         }
         async fn commit(self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
             self.sink.open.fetch_sub(1, Ordering::SeqCst);
-            self.sink.stored.lock().unwrap().insert(item.source.id.clone(), (self.data.clone(), stored));
+            self.sink
+                .stored
+                .lock()
+                .unwrap()
+                .insert(item.source.id.clone(), (self.data.clone(), stored));
             Ok(())
         }
         async fn abort(self: Box<Self>) {
@@ -493,7 +527,10 @@ mod tests {
             self.0.max_open.fetch_max(now, Ordering::SeqCst);
             // Hold the slot a moment so concurrent transfers overlap.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            Ok(Box::new(TestWriter { sink: self.0.clone(), data: Vec::new() }))
+            Ok(Box::new(TestWriter {
+                sink: self.0.clone(),
+                data: Vec::new(),
+            }))
         }
         async fn record_skipped(&self, _item: &Item, _reason: &str) -> Result<()> {
             Ok(())
@@ -507,16 +544,32 @@ mod tests {
     fn fast_retries(max_attempts: u32) -> PipelineOptions {
         PipelineOptions {
             concurrency: 3,
-            retry: RetryPolicy { max_attempts, initial_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5), ..Default::default() },
+            retry: RetryPolicy {
+                max_attempts,
+                initial_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+                ..Default::default()
+            },
             idle_timeout: Duration::from_secs(5),
         }
     }
 
-    async fn run(items: Vec<(Item, Vec<u8>, Script)>, options: PipelineOptions) -> (RunReport, Option<Error>, Arc<TestSink>) {
-        let connector = Arc::new(TestConnector { items, attempts: Mutex::new(HashMap::new()) });
+    async fn run(
+        items: Vec<(Item, Vec<u8>, Script)>,
+        options: PipelineOptions,
+    ) -> (RunReport, Option<Error>, Arc<TestSink>) {
+        let connector = Arc::new(TestConnector {
+            items,
+            attempts: Mutex::new(HashMap::new()),
+        });
         let sink = Arc::new(TestSink::default());
         let (report, fatal) = Pipeline::new(options)
-            .run(connector, Arc::new(SinkHandle(sink.clone())), Arc::new(NoProgress), CancellationToken::new())
+            .run(
+                connector,
+                Arc::new(SinkHandle(sink.clone())),
+                Arc::new(NoProgress),
+                CancellationToken::new(),
+            )
             .await;
         (report, fatal, sink)
     }
@@ -525,12 +578,32 @@ mod tests {
     async fn every_item_is_archived_or_failed_with_a_reason() {
         let data = |i: u8| vec![i; 1000 + i as usize];
         let items = vec![
-            (item("ok", &data(1), Some(&md5_hex(&data(1)))), data(1), Script::Ok),
-            (item("flaky", &data(2), None), data(2), Script::FailFirst(2, None)),
-            (item("truncated-once", &data(3), None), data(3), Script::TruncateFirst(1)),
-            (item("corrupt", &data(4), Some(&md5_hex(&data(4)))), data(4), Script::Corrupt),
+            (
+                item("ok", &data(1), Some(&md5_hex(&data(1)))),
+                data(1),
+                Script::Ok,
+            ),
+            (
+                item("flaky", &data(2), None),
+                data(2),
+                Script::FailFirst(2, None),
+            ),
+            (
+                item("truncated-once", &data(3), None),
+                data(3),
+                Script::TruncateFirst(1),
+            ),
+            (
+                item("corrupt", &data(4), Some(&md5_hex(&data(4)))),
+                data(4),
+                Script::Corrupt,
+            ),
             (item("gone", &data(5), None), data(5), Script::Permanent),
-            (item("always-truncated", &data(6), None), data(6), Script::TruncateFirst(99)),
+            (
+                item("always-truncated", &data(6), None),
+                data(6),
+                Script::TruncateFirst(99),
+            ),
         ];
         let (report, fatal, sink) = run(items, fast_retries(4)).await;
         assert!(fatal.is_none());
@@ -544,30 +617,63 @@ mod tests {
         assert_eq!(stored["flaky"].0, data(2));
         assert_eq!(stored["truncated-once"].0, data(3));
         let failures = sink.failures.lock().unwrap();
-        let why = |id: &str| failures.iter().find(|f| f.source.as_ref().unwrap().id == id).unwrap().clone();
-        assert!(why("corrupt").error.contains("checksum mismatch"), "{}", why("corrupt").error);
+        let why = |id: &str| {
+            failures
+                .iter()
+                .find(|f| f.source.as_ref().unwrap().id == id)
+                .unwrap()
+                .clone()
+        };
+        assert!(
+            why("corrupt").error.contains("checksum mismatch"),
+            "{}",
+            why("corrupt").error
+        );
         assert_eq!(why("corrupt").attempts, 4, "mismatches are retried");
         assert_eq!(why("corrupt").stage, "check");
         assert_eq!(why("gone").attempts, 1, "permanent errors are not retried");
         assert!(why("always-truncated").error.contains("truncated"));
         assert_eq!(report.retries, 2 + 1 + 3 + 3);
-        assert!(sink.aborted.load(Ordering::SeqCst) >= 1 + 3 + 3, "failed attempts discard what they wrote");
-        assert_eq!(stored["ok"].1.digests.len(), 1, "only the sink's digests are passed on");
+        assert!(
+            sink.aborted.load(Ordering::SeqCst) >= 1 + 3 + 3,
+            "failed attempts discard what they wrote"
+        );
+        assert_eq!(
+            stored["ok"].1.digests.len(),
+            1,
+            "only the sink's digests are passed on"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_honoured() {
         let d = vec![9u8; 10];
-        let items = vec![(item("throttled", &d, None), d.clone(), Script::FailFirst(1, Some(Duration::from_secs(30))))];
+        let items = vec![(
+            item("throttled", &d, None),
+            d.clone(),
+            Script::FailFirst(1, Some(Duration::from_secs(30))),
+        )];
         let start = tokio::time::Instant::now();
         let (report, _, _) = run(items, fast_retries(3)).await;
         assert_eq!(report.archived_items, 1);
-        assert!(start.elapsed() >= Duration::from_secs(30), "waited {:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "waited {:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test]
     async fn concurrency_is_bounded() {
-        let items: Vec<_> = (0..40u8).map(|i| (item(&format!("i{i}"), &[i; 64], None), vec![i; 64], Script::Ok)).collect();
+        let items: Vec<_> = (0..40u8)
+            .map(|i| {
+                (
+                    item(&format!("i{i}"), &[i; 64], None),
+                    vec![i; 64],
+                    Script::Ok,
+                )
+            })
+            .collect();
         let (report, _, sink) = run(items, fast_retries(1)).await;
         assert_eq!(report.archived_items, 40);
         let max = sink.max_open.load(Ordering::SeqCst);
@@ -577,7 +683,9 @@ mod tests {
     #[tokio::test]
     async fn a_fatal_error_stops_the_run() {
         let d = vec![1u8; 10];
-        let mut items: Vec<_> = (0..5).map(|i| (item(&format!("a{i}"), &d, None), d.clone(), Script::Ok)).collect();
+        let mut items: Vec<_> = (0..5)
+            .map(|i| (item(&format!("a{i}"), &d, None), d.clone(), Script::Ok))
+            .collect();
         items.push((item("auth", &d, None), d.clone(), Script::Fatal));
         items.extend((0..50).map(|i| (item(&format!("b{i}"), &d, None), d.clone(), Script::Ok)));
         let (report, fatal, _) = run(items, fast_retries(3)).await;
@@ -590,8 +698,19 @@ mod tests {
     #[tokio::test]
     async fn cancel_stops_the_run() {
         let d = vec![1u8; 10];
-        let items: Vec<_> = (0..20).map(|i| (item(&format!("a{i}"), &d, None), d.clone(), Script::FailFirst(100, Some(Duration::from_secs(3600))))).collect();
-        let connector = Arc::new(TestConnector { items, attempts: Mutex::new(HashMap::new()) });
+        let items: Vec<_> = (0..20)
+            .map(|i| {
+                (
+                    item(&format!("a{i}"), &d, None),
+                    d.clone(),
+                    Script::FailFirst(100, Some(Duration::from_secs(3600))),
+                )
+            })
+            .collect();
+        let connector = Arc::new(TestConnector {
+            items,
+            attempts: Mutex::new(HashMap::new()),
+        });
         let sink = Arc::new(TestSink::default());
         let cancel = CancellationToken::new();
         let c2 = cancel.clone();
@@ -603,7 +722,12 @@ mod tests {
         options.retry.max_retry_after = Duration::from_secs(7200);
         let (report, fatal) = tokio::time::timeout(
             Duration::from_secs(10),
-            Pipeline::new(options).run(connector, Arc::new(SinkHandle(sink)), Arc::new(NoProgress), cancel),
+            Pipeline::new(options).run(
+                connector,
+                Arc::new(SinkHandle(sink)),
+                Arc::new(NoProgress),
+                cancel,
+            ),
         )
         .await
         .expect("cancel ends the run promptly");
