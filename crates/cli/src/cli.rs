@@ -85,6 +85,10 @@ pub struct ExportArgs {
     /// while reading, checksum mismatches).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub retries: u32,
+    /// Seconds between resume checkpoints: a crash or power loss redoes at most this much work
+    /// (0 = after every item, slow on many small files).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub checkpoint_interval: u64,
     /// fs: follow symbolic links instead of recording them.
     #[arg(long)]
     pub follow_symlinks: bool,

@@ -1,7 +1,152 @@
-//! `ferry demo`.
+//! `ferry demo`: builds a small sample folder full of names that break other tools, exports it
+//! as a folder bag and as a zip, verifies both and shows what happened to the names.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferry_archive::reader::BagReader;
+use ferry_archive::verify::{verify, Status, VerifyOptions};
+use ferry_archive::writer::{BagOptions, BagTarget, BagWriter};
+use ferry_core::{DigestAlgorithm, NoProgress, Pipeline, PipelineOptions, Sink};
+use ferry_fs::{FsConnector, FsOptions};
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
 use crate::cli::{Cli, DemoArgs};
-use anyhow::Result;
-/// Runs demo.
-pub async fn run(_cli: &Cli, _args: &DemoArgs) -> Result<i32> {
-    anyhow::bail!("demo: not built yet")
+
+/// The sample tree: (relative path as bytes, content). Each name is something a careless
+/// archive would mangle, lose or let collide.
+fn sample_files() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let text = |s: &str| s.as_bytes().to_vec();
+    let mut files = vec![
+        (text("Rapporter/Årsrapport 2025.txt"), text("Årsrapport for 2025.\n")),
+        (text("Rapporter/årsrapport 2025.txt"), text("A case twin: differs from the one above only in case.\n")),
+        (text("Rapporter/Budsjett 100% endelig.txt"), text("A percent sign, which BagIt manifests must escape.\n")),
+        (text("Kontrakter/café.txt"), text("NFC: é is one code point.\n")),
+        (text("Kontrakter/cafe\u{301}.txt"), text("NFD: e + combining accent, as macOS writes it.\n")),
+        (b"Kontrakter/line\nbreak.txt".to_vec(), text("A line break inside a file name.\n")),
+        (text("Kontrakter/ trailing and leading spaces .txt"), text("Spaces at both ends.\n")),
+        (text("Kontrakter/what? why: \"quotes\" <and> |pipes|.txt"), text("Characters Windows refuses.\n")),
+        (text("Kontrakter/CON.txt"), text("A Windows device name.\n")),
+        (text("Kontrakter/..dotdot"), text("Starts with two dots.\n")),
+        (text("Tom fil.txt"), Vec::new()),
+    ];
+    let mut long = "Møtereferat ".repeat(19).into_bytes();
+    long.extend_from_slice(b".txt");
+    files.push((long, text("A name of more than 250 bytes.\n")));
+    let mut pattern = Vec::with_capacity(2 << 20);
+    let mut x: u32 = 0x1234_5678;
+    while pattern.len() < 2 << 20 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        pattern.extend_from_slice(&x.to_le_bytes());
+    }
+    files.push((text("Bilder/scan-0001.tif"), pattern));
+    files
+}
+
+fn build_sample(root: &Path) -> Result<usize> {
+    let files = sample_files();
+    for (rel, content) in &files {
+        let path = root.join(OsStr::from_bytes(rel));
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+    }
+    std::fs::create_dir_all(root.join("Tom mappe"))?;
+    std::os::unix::fs::symlink("Rapporter/Årsrapport 2025.txt", root.join("snarvei til rapport"))?;
+    Ok(files.len())
+}
+
+async fn export(src: &Path, to: PathBuf) -> Result<ferry_archive::writer::BagSummary> {
+    let connector = Arc::new(FsConnector::new(src, FsOptions::default()));
+    let options = BagOptions {
+        digests: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Sha512],
+        bag_info: vec![
+            ("Source-Organization".into(), "ferry demo".into()),
+            ("External-Description".into(), "Sample folder with hostile file names".into()),
+        ],
+        ..BagOptions::default()
+    };
+    let (writer, _) = BagWriter::open(BagTarget::from_path(&to), vec![ferry_core::Connector::info(connector.as_ref())], options)?;
+    let sink: Arc<dyn Sink> = Arc::new(writer.clone());
+    let (report, fatal) = Pipeline::new(PipelineOptions::default()).run(connector, sink, Arc::new(NoProgress), CancellationToken::new()).await;
+    if let Some(e) = fatal {
+        return Err(e.into());
+    }
+    Ok(writer.finish(&report).await?)
+}
+
+/// Runs the demo; returns the exit code.
+pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
+    let stamp = time::OffsetDateTime::now_utc();
+    let name = format!(
+        "demo-{:04}{:02}{:02}-{:02}{:02}{:02}",
+        stamp.year(),
+        u8::from(stamp.month()),
+        stamp.day(),
+        stamp.hour(),
+        stamp.minute(),
+        stamp.second()
+    );
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let sample = tempfile_dir()?;
+    let src = sample.join("Fellesområde");
+    let count = build_sample(&src)?;
+    println!("1. Built a sample folder with {count} files, an empty folder and a link: {}", src.display());
+
+    let folder = args.dir.join(&name);
+    let zip = args.dir.join(format!("{name}.zip"));
+    let bag = export(&src, folder.clone()).await?;
+    println!("2. Exported it to a BagIt bag: {} ({} payload files, {} bytes)", folder.display(), bag.payload_files, bag.payload_bytes);
+    export(&src, zip.clone()).await?;
+    println!("   and to a zip holding the same bag: {}", zip.display());
+
+    let mut all_valid = true;
+    for path in [&folder, &zip] {
+        let report = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || verify(&path, &VerifyOptions::default())
+        })
+        .await??;
+        all_valid &= report.status == Status::Valid;
+        println!("3. ferry verify: {}", report.to_string().lines().last().unwrap_or_default());
+    }
+
+    println!("4. Names that had to change in the payload (the originals stay in ferry/items.jsonl):");
+    let reader = BagReader::open(&folder)?;
+    if let Some(records) = reader.item_records()? {
+        for (_, r) in records.flatten() {
+            let original = r["source"]["original_path"].as_str().unwrap_or_default();
+            match r["path"].as_str() {
+                Some(path) if !path.ends_with(original) => {
+                    println!("     {:<46} → {}", format!("{original:?}"), path.trim_start_matches("data/"));
+                }
+                None => println!("     {:<46}   recorded only: {}", format!("{original:?}"), r["skipped"].as_str().unwrap_or_default()),
+                _ => {}
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&sample);
+    println!();
+    println!("Try next:");
+    println!("  ferry ls {}                  # what is inside, with provenance", folder.display());
+    println!("  ferry verify {}             # check it again", zip.display());
+    println!("  bagit.py --validate {}     # the reference validator agrees (pip install bagit)", folder.display());
+    println!("  ferry export fs:/your/folder --to /backups/your-folder.zip");
+    Ok(if all_valid { exit::OK } else { exit::PROBLEMS })
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("ferry-demo-{}", std::process::id()));
+    if base.exists() {
+        std::fs::remove_dir_all(&base)?;
+    }
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
 }

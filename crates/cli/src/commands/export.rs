@@ -102,13 +102,18 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     run_options.insert("retries".into(), args.retries.into());
     run_options.insert("compress".into(), args.compress.into());
     run_options.insert("follow_symlinks".into(), args.follow_symlinks.into());
-    let mut digests = args.digests.clone();
-    digests.dedup();
+    let mut digests = Vec::new();
+    for d in &args.digests {
+        if !digests.contains(d) {
+            digests.push(*d);
+        }
+    }
     BagOptions {
         digests,
         bag_info: info,
         deflate: args.compress,
         run_options,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_interval),
         ..BagOptions::default()
     }
 }
