@@ -272,24 +272,7 @@ fn unreadable_files_fail_and_everything_else_is_archived() {
         "--retries".into(),
         "0".into(),
     ];
-    let run = if is_root() {
-        // Root reads everything; run as nobody so that permissions apply.
-        let bin = tmp.path().join("ferry");
-        std::fs::copy(ferry_bin(), &bin).unwrap();
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&bin)
-            .args(&args)
-            .output()
-            .expect("setpriv (util-linux) is needed to run this test as root");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into(),
-            stderr: String::from_utf8_lossy(&out.stderr).into(),
-        }
-    } else {
-        ferry(&args)
-    };
+    let run = ferry_unprivileged(&args, tmp.path());
     run.expect_code(1);
     let summary = run.json();
     assert_eq!(summary["status"], "completed_with_failures");

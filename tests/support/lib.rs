@@ -282,3 +282,38 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Runs ferry so that file permissions apply: as `nobody` (via util-linux `setpriv`) when the
+/// tests run as root, which reads everything otherwise. `scratch` must be readable by everyone;
+/// the binary is copied there because root's home usually is not.
+pub fn ferry_unprivileged(args: &[String], scratch: &Path) -> Run {
+    if !is_root() {
+        return ferry(args);
+    }
+    let bin = scratch.join("ferry-unprivileged");
+    if !bin.exists() {
+        std::fs::copy(ferry_bin(), &bin).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux) is needed to run this test as root");
+    to_run(out)
+}
+
+/// Validates every JSON value against the JSON Schema in `manifests/<schema>`; returns the
+/// error messages (empty when all are valid).
+pub fn schema_errors(schema: &str, values: &[serde_json::Value]) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").join(schema);
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::options().should_validate_formats(true).build(&schema).expect("schema compiles");
+    let mut errors = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        for e in validator.iter_errors(v) {
+            errors.push(format!("value {i}: {e} at {}", e.instance_path()));
+        }
+    }
+    errors
+}
