@@ -5,7 +5,8 @@
     helper.py report RESULTS.tsv MACHINE.tsv CONFIG.tsv [DOCS.md]
 
 RESULTS.tsv has one line per measured run:
-    section  case  tool  run  seconds  peak_rss_kib  payload_bytes  files
+    section  case  tool  run  seconds  peak_rss_kib  payload_bytes  files  other_cpu_cores
+(for the hash section, `seconds` holds MB/s)
 MACHINE.tsv and CONFIG.tsv are `key<TAB>value` lines.
 
 The report prints markdown on stdout and, given DOCS.md, replaces what lies between
@@ -61,6 +62,7 @@ class Case:
         self.rss = []
         self.bytes = 0
         self.files = 0
+        self.other = []
 
     @property
     def median(self):
@@ -69,6 +71,10 @@ class Case:
     @property
     def peak_mib(self):
         return max(self.rss) / 1024.0 if self.rss and max(self.rss) > 0 else None
+
+    @property
+    def other_max(self):
+        return "%.2f" % max(self.other) if self.other else "–"
 
     @property
     def mbps(self):
@@ -90,6 +96,8 @@ def load(path):
             c.rss.append(int(rss) if rss not in ("", "-") else 0)
             c.bytes = int(nbytes)
             c.files = int(files)
+            if len(parts) > 8 and parts[8] not in ("", "-"):
+                c.other.append(float(parts[8]))
     return data
 
 
@@ -133,7 +141,10 @@ def report(results, machine_path, config_path, docs=None):
     w("")
     w("Times are wall-clock medians of %s runs (min–max in brackets); MB = 10^6 bytes; "
       "peak RSS is `/usr/bin/time -f %%M`, the largest single process of the command, "
-      "highest over its runs." % config.get("runs", "?"))
+      "highest over its runs. *Other CPU* is the CPU time, in cores on average, that went to "
+      "anything but the measured command while it ran (other processes on this shared machine, and "
+      "kernel threads such as disk writeback), highest over its runs: near 0 means an undisturbed "
+      "run; for exports to the disk it includes the writeback of the command's own files." % config.get("runs", "?"))
     w("")
 
     # --- Hashing limit -------------------------------------------------------------------------
@@ -166,13 +177,14 @@ def report(results, machine_path, config_path, docs=None):
             any_c = next(iter(tools.values()))
             w("### %s — %s (%d files, %.0f MB payload; warm page cache)" % (title, case, any_c.files, any_c.bytes / 1e6))
             w("")
-            w("| tool | median s | MB/s | files/s | % of hashing limit | ferry time ÷ this | peak RSS MiB |")
-            w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            w("| tool | median s | MB/s | files/s | % of hashing limit | ferry time ÷ this | peak RSS MiB | other CPU |")
+            w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             for tool, c in tools.items():
                 pct = "%.0f%%" % (100.0 * c.mbps / limit) if limit else "–"
                 ratio = fmt_ratio(ferry.median / c.median) if ferry else "–"
-                w("| %s | %s%s | %.0f | %.0f | %s | %s | %s |" % (
-                    tool, fmt_s(c.median), spread(c), c.mbps, c.files / c.median, pct, ratio, fmt_mib(c.peak_mib)))
+                w("| %s | %s%s | %.0f | %.0f | %s | %s | %s | %s |" % (
+                    tool, fmt_s(c.median), spread(c), c.mbps, c.files / c.median, pct, ratio, fmt_mib(c.peak_mib),
+                    c.other_max))
                 if tool.startswith("ferry"):
                     ferry_rss.append(("%s, %s" % (title.lower(), tool), c.peak_mib))
             w("")
@@ -195,13 +207,14 @@ def report(results, machine_path, config_path, docs=None):
             any_c = next(iter(tools.values()))
             w("### Export — %s (%d files, %.0f MB)" % (case, any_c.files, any_c.bytes / 1e6))
             w("")
-            w("| command | median s | MB/s | files/s | ferry (folder) time ÷ this | peak RSS MiB |")
-            w("| --- | ---: | ---: | ---: | ---: | ---: |")
+            w("| command | median s | MB/s | files/s | ferry (folder) time ÷ this | peak RSS MiB | other CPU |")
+            w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             ferry = tools.get("ferry export (folder)")
             for tool, c in tools.items():
                 ratio = fmt_ratio(ferry.median / c.median) if ferry else "–"
-                w("| %s | %s%s | %.0f | %.0f | %s | %s |" % (
-                    tool, fmt_s(c.median), spread(c), c.mbps, c.files / c.median, ratio, fmt_mib(c.peak_mib)))
+                w("| %s | %s%s | %.0f | %.0f | %s | %s | %s |" % (
+                    tool, fmt_s(c.median), spread(c), c.mbps, c.files / c.median, ratio, fmt_mib(c.peak_mib),
+                    c.other_max))
                 if tool.startswith("ferry"):
                     ferry_rss.append(("export %s, %s" % (case, tool), c.peak_mib))
             w("")

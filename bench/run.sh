@@ -23,6 +23,8 @@
 #   DOCS=docs/benchmarks.md  where to write the results (between the bench markers). Default:
 #                          that file for a full run at full size, nowhere otherwise (stdout only);
 #                          DOCS=path forces it, DOCS= disables it.
+#   QUIET_MAX=15           before each measurement, wait until the CPUs are busy less than this
+#   QUIET_WAIT=300         percent of one core, for at most QUIET_WAIT seconds (0: never wait)
 #   KEEP=1                 keep the data sets (and reuse them next time) instead of deleting them
 # The bash -c scripts below are single-quoted on purpose: they get their values as arguments.
 # shellcheck disable=SC2016
@@ -42,6 +44,9 @@ PROCS=${PROCS:-$CORES}
 BENCH_DIR=${BENCH_DIR:-/tmp/ferry-bench}
 TMPFS_DIR=${TMPFS_DIR:-/dev/shm/ferry-bench}
 KEEP=${KEEP:-0}
+QUIET_MAX=${QUIET_MAX:-15}
+QUIET_WAIT=${QUIET_WAIT:-300}
+CLK_TCK=$(getconf CLK_TCK)
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,6 +79,7 @@ fi
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
 [[ $SMALL_FILES =~ ^[1-9][0-9]*$ ]] || die "SMALL_FILES must be a positive integer"
 [[ $LARGE_MB =~ ^[1-9][0-9]*$ ]] || die "LARGE_MB must be a positive integer"
+[[ $QUIET_MAX =~ ^[0-9]+$ && $QUIET_WAIT =~ ^[0-9]+$ ]] || die "QUIET_MAX and QUIET_WAIT are integers"
 
 # --- Tools ------------------------------------------------------------------------------------
 [[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (apt-get install -y time)"
@@ -121,33 +127,67 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- Measuring --------------------------------------------------------------------------------
+# The machine is shared (another developer's cargo may be running): before each measured
+# command, wait until the CPUs are nearly idle, and record how much CPU went to anything else
+# while it ran.
+#
+# busy_ticks: CPU ticks (1/CLK_TCK s) spent busy, all CPUs together, since boot.
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+
+# quiet_gate: waits (up to QUIET_WAIT seconds) until the CPUs are busy less than QUIET_MAX
+# percent of one core over half a second. QUIET_WAIT=0 disables it.
+quiet_gate() {
+    ((QUIET_WAIT > 0)) || return 0
+    local waited=0 a b pct said=0
+    while :; do
+        a=$(busy_ticks)
+        sleep 0.5
+        b=$(busy_ticks)
+        pct=$(((b - a) * 2 * 100 / CLK_TCK))
+        ((pct <= QUIET_MAX)) && break
+        if ((waited >= QUIET_WAIT)); then
+            log "  still busy (${pct}% of a core) after ${QUIET_WAIT}s: measuring anyway"
+            break
+        fi
+        ((said)) || log "  waiting for other processes to quiet down (${pct}% of a core busy)"
+        said=1
+        sleep 2
+        waited=$((waited + 3))
+    done
+}
+
 # measure SECTION CASE TOOL RUN BYTES FILES -- COMMAND...
-# Runs COMMAND under /usr/bin/time (peak RSS), wall time from the clock around it, and
+# Runs COMMAND under /usr/bin/time (peak RSS, CPU time), wall time from the clock around it, and
 # appends one line to RESULTS. A command that fails stops the benchmark.
 measure() {
     local section=$1 case=$2 tool=$3 run=$4 bytes=$5 files=$6
     shift 7
-    local t0 t1 secs rss
+    local t0 t1 b0 b1 secs rss own other
+    quiet_gate
+    b0=$(busy_ticks)
     t0=$(date +%s%N)
-    if ! /usr/bin/time -f '%M' -o "$WORK/rss" "$@" >"$WORK/stdout" 2>"$WORK/stderr"; then
+    if ! /usr/bin/time -f '%M %U %S' -o "$WORK/rss" "$@" >"$WORK/stdout" 2>"$WORK/stderr"; then
         log "FAILED: $tool ($case): $*"
         tail -n 20 "$WORK/stdout" "$WORK/stderr" >&2
         exit 1
     fi
     t1=$(date +%s%N)
+    b1=$(busy_ticks)
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
-    rss=$(tail -n 1 "$WORK/rss")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$case" "$tool" "$run" "$secs" "$rss" "$bytes" "$files" >>"$RESULTS"
-    log "  $tool: ${secs}s, peak RSS ${rss} KiB"
+    read -r rss own < <(tail -n 1 "$WORK/rss" | awk '{ print $1, $2 + $3 }')
+    # CPU (in cores, on average) used by anything but the command: other processes, and kernel
+    # threads (including writeback of what the command wrote).
+    other=$(awk -v b="$((b1 - b0))" -v hz="$CLK_TCK" -v own="$own" -v s="$secs" \
+        'BEGIN { o = (b / hz - own) / s; if (o < 0) o = 0; printf "%.2f", o }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$section" "$case" "$tool" "$run" "$secs" "$rss" "$bytes" "$files" "$other" >>"$RESULTS"
+    log "  $tool: ${secs}s, peak RSS ${rss} KiB, other CPU ${other} cores"
 }
 
-# record a throughput (MB/s) for the hash section (no timing wrapper).
+# record_rate CASE LABEL RUN MBPS: a throughput for the hash section (the program times itself).
 record_rate() {
-    printf 'hash\t%s\t%s\t%s\t%s\t-\t0\t0\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
+    printf 'hash\t%s\t%s\t%s\t%s\t-\t0\t0\t-\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
     log "  $2: $4 MB/s"
 }
-
-fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n 1 || echo '?'; }
 
 warm() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 
@@ -194,17 +234,22 @@ if ((do_hash)); then
     have_openssl=0
     command -v openssl >/dev/null && have_openssl=1
     for ((r = 1; r <= RUNS; r++)); do
+        quiet_gate
         mbps=$("$HASHLIMIT" "$CORES" 64 8 | sed -n 's/.*mbps=//p')
         record_rate sha2-all-cores "sha2 crate, $CORES threads (64 MiB buffer each)" "$r" "$mbps"
+        quiet_gate
         mbps=$("$HASHLIMIT" 1 64 8 | sed -n 's/.*mbps=//p')
         record_rate sha2-one-core "sha2 crate, 1 thread" "$r" "$mbps"
         if ((have_openssl)); then
             # openssl speed prints k = 1000 bytes per second for 1 MiB blocks.
+            quiet_gate
             kps=$(openssl speed -seconds 2 -evp sha256 -bytes 1048576 -multi "$CORES" 2>/dev/null | awk '/^sha256/ { v = $NF } END { sub(/k$/, "", v); print v }')
             record_rate openssl-all-cores "openssl speed -evp sha256 -multi $CORES" "$r" "$(awk -v k="$kps" 'BEGIN { printf "%.1f", k / 1000 }')"
+            quiet_gate
             kps=$(openssl speed -seconds 2 -evp sha256 -bytes 1048576 2>/dev/null | awk '/^sha256/ { v = $NF } END { sub(/k$/, "", v); print v }')
             record_rate openssl-one-core "openssl speed -evp sha256, 1 process" "$r" "$(awk -v k="$kps" 'BEGIN { printf "%.1f", k / 1000 }')"
         fi
+        quiet_gate
         t0=$(date +%s%N)
         sha256sum "$TMPFS_DIR/hash/buf" >/dev/null
         t1=$(date +%s%N)
@@ -321,6 +366,7 @@ config=$WORK/config.tsv
     printf 'peer processes\t%s\n' "$PROCS"
     printf 'ferry verify threads\tdefault (every core)\n'
     printf 'ferry export concurrency\tdefault\n'
+    printf 'quiet gate\twait for < %s%% of a core busy, at most %s s\n' "$QUIET_MAX" "$QUIET_WAIT"
 } >"$config"
 
 echo

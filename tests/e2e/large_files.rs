@@ -23,12 +23,31 @@ fn a_multi_gib_file_is_exported_with_flat_memory() {
         let dest = tmp.path().join(to);
         let logs = tmp.path().join(format!("logs-{to}"));
         std::fs::create_dir_all(&logs).unwrap();
-        let (code, rss) = ferry_peak_rss(["export", &format!("fs:{}", src.display()), "--to", dest.to_str().unwrap(), "-q"], &logs);
-        assert_eq!(code, 0, "export to {to}: {}", std::fs::read_to_string(logs.join("stderr")).unwrap());
+        let (code, rss) = ferry_peak_rss(
+            [
+                "export",
+                &format!("fs:{}", src.display()),
+                "--to",
+                dest.to_str().unwrap(),
+                "-q",
+            ],
+            &logs,
+        );
+        assert_eq!(
+            code,
+            0,
+            "export to {to}: {}",
+            std::fs::read_to_string(logs.join("stderr")).unwrap()
+        );
         eprintln!("export of {BIG} bytes to {to}: peak RSS {rss} KiB");
         assert!(rss < MAX_RSS_KIB, "export to {to} peaked at {rss} KiB");
         let (code, rss) = ferry_peak_rss(["verify", dest.to_str().unwrap()], &logs);
-        assert_eq!(code, 0, "verify {to}: {}", std::fs::read_to_string(logs.join("stdout")).unwrap());
+        assert_eq!(
+            code,
+            0,
+            "verify {to}: {}",
+            std::fs::read_to_string(logs.join("stdout")).unwrap()
+        );
         eprintln!("verify of {to}: peak RSS {rss} KiB");
         assert!(rss < MAX_RSS_KIB, "verify of {to} peaked at {rss} KiB");
     }
@@ -56,5 +75,9 @@ fn a_multi_gib_file_is_exported_with_flat_memory() {
         .arg(BIG.to_string())
         .output()
         .unwrap();
-    assert!(check.status.success(), "python zipfile: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "python zipfile: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -11,7 +11,9 @@ const FILES: usize = 400;
 fn source(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     for i in 0..FILES {
-        let content: Vec<u8> = (0..64 * 1024).map(|j| ((i * 31 + j * 7) % 251) as u8).collect();
+        let content: Vec<u8> = (0..64 * 1024)
+            .map(|j| ((i * 31 + j * 7) % 251) as u8)
+            .collect();
         write(&src.join(format!("d{:02}/f{i:04}.bin", i % 10)), &content);
     }
     src
@@ -21,7 +23,17 @@ fn source(dir: &Path) -> PathBuf {
 /// that each covered some items).
 fn start_export(src: &Path, to: &Path) -> Child {
     Command::new(ferry_bin())
-        .args(["export", &format!("fs:{}", src.display()), "--to", to.to_str().unwrap(), "--checkpoint-interval", "0", "--concurrency", "2", "-q"])
+        .args([
+            "export",
+            &format!("fs:{}", src.display()),
+            "--to",
+            to.to_str().unwrap(),
+            "--checkpoint-interval",
+            "0",
+            "--concurrency",
+            "2",
+            "-q",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -39,8 +51,14 @@ fn wait_for_checkpoint(work: &Path, lines: u64, child: &mut Child) {
                 }
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "the export finished before it could be interrupted");
-        assert!(Instant::now() < deadline, "no checkpoint with {lines} items in time");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the export finished before it could be interrupted"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint with {lines} items in time"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -50,7 +68,9 @@ fn signal(child: &mut Child, sig: libc::c_int) -> i32 {
     unsafe { libc::kill(child.id() as libc::pid_t, sig) };
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 fn check_complete(bag: &Path, src: &Path) {
@@ -62,7 +82,11 @@ fn check_complete(bag: &Path, src: &Path) {
         let original = r["source"]["original_path"].as_str().unwrap();
         assert!(seen.insert(original.to_string()), "duplicate {original}");
         let payload = std::fs::read(bag.join(r["path"].as_str().unwrap())).unwrap();
-        assert_eq!(payload, std::fs::read(src.join(original)).unwrap(), "{original}");
+        assert_eq!(
+            payload,
+            std::fs::read(src.join(original)).unwrap(),
+            "{original}"
+        );
     }
     assert_bagit_py_valid(bag);
     ferry(["verify", bag.to_str().unwrap()]).expect_code(0);
@@ -78,15 +102,29 @@ fn kill_9_then_rerun_completes_a_folder_bag() {
     assert_eq!(signal(&mut child, libc::SIGKILL), 128 + libc::SIGKILL);
 
     let run = ferry(["verify", bag.to_str().unwrap()]);
-    assert_eq!(run.code, 1, "an interrupted export is not valid: {}", run.stdout);
-    assert!(run.stdout.contains("INCOMPLETE") && run.stdout.contains("export_in_progress"), "{}", run.stdout);
+    assert_eq!(
+        run.code, 1,
+        "an interrupted export is not valid: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("INCOMPLETE") && run.stdout.contains("export_in_progress"),
+        "{}",
+        run.stdout
+    );
     assert_bagit_py_invalid(&bag);
 
     // A file already stored changes before the rerun: the bag gets the new content.
     let first = src.join("d00/f0000.bin");
     std::fs::write(&first, b"changed after the crash").unwrap();
 
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--json"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--json",
+    ]);
     run.expect_code(0);
     let summary = run.json();
     assert_eq!(summary["resumed"], true);
@@ -96,7 +134,9 @@ fn kill_9_then_rerun_completes_a_folder_bag() {
     assert_eq!(resumed + archived, FILES as u64, "{summary}");
     assert!(!bag.join(".ferry-partial").exists());
     check_complete(&bag, &src);
-    let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bag.join("ferry/run.json")).unwrap()).unwrap();
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bag.join("ferry/run.json")).unwrap())
+            .unwrap();
     assert_eq!(run_json["attempts"], 2);
 }
 
@@ -108,16 +148,31 @@ fn kill_9_then_rerun_completes_a_zip() {
     let mut child = start_export(&src, &zip);
     wait_for_checkpoint(&tmp.path().join("bag.zip.ferry-partial"), 40, &mut child);
     signal(&mut child, libc::SIGKILL);
-    assert!(!zip.exists(), "the zip gets its final name only when complete");
+    assert!(
+        !zip.exists(),
+        "the zip gets its final name only when complete"
+    );
     let run = ferry(["verify", zip.to_str().unwrap()]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stdout.contains("INCOMPLETE"), "{}", run.stdout);
 
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", zip.to_str().unwrap(), "--json"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        zip.to_str().unwrap(),
+        "--json",
+    ]);
     run.expect_code(0);
     let summary = run.json();
-    assert!(summary["resumed_items"].as_u64().unwrap() >= 39, "{summary}");
-    assert!(!tmp.path().join("bag.zip.partial").exists() && !tmp.path().join("bag.zip.ferry-partial").exists());
+    assert!(
+        summary["resumed_items"].as_u64().unwrap() >= 39,
+        "{summary}"
+    );
+    assert!(
+        !tmp.path().join("bag.zip.partial").exists()
+            && !tmp.path().join("bag.zip.ferry-partial").exists()
+    );
     let out = tmp.path().join("unzipped");
     unzip_with_python(&zip, &out);
     check_complete(&out.join("bag"), &src);
@@ -132,7 +187,13 @@ fn ctrl_c_stops_with_130_and_the_rerun_finishes() {
     wait_for_checkpoint(&bag.join(".ferry-partial"), 20, &mut child);
     assert_eq!(signal(&mut child, libc::SIGINT), 130);
     ferry(["verify", bag.to_str().unwrap()]).expect_code(1);
-    ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap()]).expect_code(0);
+    ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+    ])
+    .expect_code(0);
     check_complete(&bag, &src);
 }
 
@@ -146,9 +207,21 @@ fn an_interrupted_export_is_never_resumed_with_another_source() {
     signal(&mut child, libc::SIGKILL);
     let other = tmp.path().join("other");
     write(&other.join("x"), b"x");
-    let run = ferry(["export", &format!("fs:{}", other.display()), "--to", bag.to_str().unwrap()]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", other.display()),
+        "--to",
+        bag.to_str().unwrap(),
+    ]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("interrupted export"), "{}", run.stderr);
-    let run = ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--digest", "sha512"]);
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--digest",
+        "sha512",
+    ]);
     assert_eq!(run.code, 2, "other digests cannot resume either");
 }

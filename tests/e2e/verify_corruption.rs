@@ -20,17 +20,33 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A fresh, valid bag of a small tree (with one renamed file) in `dir`.
 fn make_bag(dir: &Path) -> PathBuf {
     let src = dir.join("src");
-    write(&src.join("docs/report.txt"), &b"quarterly numbers\n".repeat(100));
+    write(
+        &src.join("docs/report.txt"),
+        &b"quarterly numbers\n".repeat(100),
+    );
     write(&src.join("docs/100%.txt"), b"percent");
     write(&src.join("photo.jpg"), &vec![0xAB; 50_000]);
     let bag = dir.join("pristine");
-    ferry(["export", &format!("fs:{}", src.display()), "--to", bag.to_str().unwrap(), "--digest", "sha256", "--digest", "sha512"]).expect_code(0);
+    ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--digest",
+        "sha256",
+        "--digest",
+        "sha512",
+    ])
+    .expect_code(0);
     bag
 }
 
 fn payload_file(bag: &Path, suffix: &str) -> PathBuf {
     let records = items(bag);
-    let r = records.iter().find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(suffix))).expect("payload file");
+    let r = records
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(suffix)))
+        .expect("payload file");
     bag.join(r["path"].as_str().unwrap())
 }
 
@@ -43,11 +59,23 @@ fn check(name: &str, damage: impl FnOnce(&Path), mentions: &[&str], bagit_reject
     copy_dir(&pristine, &bag);
     damage(&bag);
     let run = ferry(["verify", bag.to_str().unwrap()]);
-    assert_eq!(run.code, 1, "{name}: expected exit 1\n{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, 1,
+        "{name}: expected exit 1\n{}\n{}",
+        run.stdout, run.stderr
+    );
     for m in mentions {
-        assert!(run.stdout.contains(m), "{name}: output does not mention {m:?}:\n{}", run.stdout);
+        assert!(
+            run.stdout.contains(m),
+            "{name}: output does not mention {m:?}:\n{}",
+            run.stdout
+        );
     }
-    assert!(run.stdout.contains("INVALID") || run.stdout.contains("INCOMPLETE"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("INVALID") || run.stdout.contains("INCOMPLETE"),
+        "{}",
+        run.stdout
+    );
     let json = ferry(["verify", "--json", bag.to_str().unwrap()]);
     assert_eq!(json.code, 1);
     assert!(!json.json()["problems"].as_array().unwrap().is_empty());
@@ -87,12 +115,22 @@ fn a_truncated_file_is_found() {
 
 #[test]
 fn a_deleted_file_is_found() {
-    check("deleted", |bag| std::fs::remove_file(payload_file(bag, "photo.jpg")).unwrap(), &["missing_file", "data/fs/src/photo.jpg"], true);
+    check(
+        "deleted",
+        |bag| std::fs::remove_file(payload_file(bag, "photo.jpg")).unwrap(),
+        &["missing_file", "data/fs/src/photo.jpg"],
+        true,
+    );
 }
 
 #[test]
 fn an_extra_file_is_found() {
-    check("extra", |bag| write(&bag.join("data/fs/src/smuggled.exe"), b"MZ"), &["unlisted_file", "data/fs/src/smuggled.exe"], true);
+    check(
+        "extra",
+        |bag| write(&bag.join("data/fs/src/smuggled.exe"), b"MZ"),
+        &["unlisted_file", "data/fs/src/smuggled.exe"],
+        true,
+    );
 }
 
 #[test]
@@ -118,7 +156,12 @@ fn an_edited_tag_file_is_found() {
         |bag| {
             let f = bag.join("bag-info.txt");
             let text = std::fs::read_to_string(&f).unwrap();
-            std::fs::write(&f, text.replace("Source-Organization", "Source-Organisation").replace("Bag-Size", "Bag-Size-X")).unwrap();
+            std::fs::write(
+                &f,
+                text.replace("Source-Organization", "Source-Organisation")
+                    .replace("Bag-Size", "Bag-Size-X"),
+            )
+            .unwrap();
         },
         &["bag-info.txt", "tag_digest_mismatch"],
         true,
@@ -137,7 +180,12 @@ fn an_edited_tag_file_is_found() {
 
 #[test]
 fn a_missing_bagit_txt_is_found() {
-    check("nobagit", |bag| std::fs::remove_file(bag.join("bagit.txt")).unwrap(), &["missing_bagit_txt"], true);
+    check(
+        "nobagit",
+        |bag| std::fs::remove_file(bag.join("bagit.txt")).unwrap(),
+        &["missing_bagit_txt"],
+        true,
+    );
 }
 
 #[test]
@@ -148,7 +196,10 @@ fn items_jsonl_that_disagrees_with_the_manifest_is_found() {
         |bag| {
             let f = bag.join("ferry/items.jsonl");
             let text = std::fs::read_to_string(&f).unwrap();
-            let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let mut lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
             lines[0]["digests"]["sha256"] = "0".repeat(64).into();
             let edited: String = lines.iter().map(|l| format!("{l}\n")).collect();
             std::fs::write(&f, &edited).unwrap();
@@ -165,7 +216,13 @@ fn items_jsonl_that_disagrees_with_the_manifest_is_found() {
                 let text = std::fs::read_to_string(&tm).unwrap();
                 let fixed: String = text
                     .lines()
-                    .map(|l| if l.ends_with("ferry/items.jsonl") { format!("{digest}  ferry/items.jsonl\n") } else { format!("{l}\n") })
+                    .map(|l| {
+                        if l.ends_with("ferry/items.jsonl") {
+                            format!("{digest}  ferry/items.jsonl\n")
+                        } else {
+                            format!("{l}\n")
+                        }
+                    })
                     .collect();
                 std::fs::write(&tm, fixed).unwrap();
             }
@@ -200,7 +257,13 @@ fn a_damaged_zip_is_found() {
     let src = tmp.path().join("src");
     write(&src.join("a.bin"), &vec![7u8; 100_000]);
     let zip = tmp.path().join("bag.zip");
-    ferry(["export", &format!("fs:{}", src.display()), "--to", zip.to_str().unwrap()]).expect_code(0);
+    ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        zip.to_str().unwrap(),
+    ])
+    .expect_code(0);
     ferry(["verify", zip.to_str().unwrap()]).expect_code(0);
     let mut bytes = std::fs::read(&zip).unwrap();
     // Payload entries come first and are stored: byte 50,000 is inside a.bin's data.
@@ -217,5 +280,8 @@ fn what_cannot_be_read_is_an_error_not_a_verdict() {
     let run = ferry(["verify", tmp.path().join("nope").to_str().unwrap()]);
     assert_eq!(run.code, 2, "{run:?}");
     write(&tmp.path().join("not-a.zip"), b"hello");
-    assert_eq!(ferry(["verify", tmp.path().join("not-a.zip").to_str().unwrap()]).code, 2);
+    assert_eq!(
+        ferry(["verify", tmp.path().join("not-a.zip").to_str().unwrap()]).code,
+        2
+    );
 }

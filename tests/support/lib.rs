@@ -306,9 +306,15 @@ pub fn ferry_unprivileged(args: &[String], scratch: &Path) -> Run {
 /// Validates every JSON value against the JSON Schema in `manifests/<schema>`; returns the
 /// error messages (empty when all are valid).
 pub fn schema_errors(schema: &str, values: &[serde_json::Value]) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").join(schema);
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let validator = jsonschema::options().should_validate_formats(true).build(&schema).expect("schema compiles");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(schema);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles");
     let mut errors = Vec::new();
     for (i, v) in values.iter().enumerate() {
         for e in validator.iter_errors(v) {

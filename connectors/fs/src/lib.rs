@@ -128,14 +128,12 @@ impl FsConnector {
         extra.insert("gid".into(), meta.gid().into());
         extra.insert("inode".into(), meta.ino().into());
         extra.insert("nlink".into(), meta.nlink().into());
-        if let Some(changed) = OffsetDateTime::from_unix_timestamp(meta.ctime()).ok() {
-            extra.insert(
-                "ctime".into(),
-                changed
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default()
-                    .into(),
-            );
+        let ctime_nanos = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+        if let Ok(changed) = OffsetDateTime::from_unix_timestamp_nanos(ctime_nanos) {
+            let text = changed
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            extra.insert("ctime".into(), text.into());
         }
         if !utf8 {
             // The name is not UTF-8: keep its exact bytes so nothing is lost.

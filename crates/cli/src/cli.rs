@@ -49,7 +49,7 @@ pub enum Command {
     /// place; the manifests are written last, so an interrupted export never looks complete.
     /// Rerun the same command to resume it: what was stored is kept.
     #[command(after_long_help = AFTER_HELP)]
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Check a bag (folder or zip, made by ferry or any other BagIt tool).
     ///
     /// Checks bagit.txt, every manifest entry against the files (missing, extra, wrong digest,

@@ -9,6 +9,9 @@ fn version_and_help_work() {
     let out = Command::new(bin).arg("--version").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ferry "));
-    let out = Command::new(bin).args(["verify", "--help"]).output().unwrap();
+    let out = Command::new(bin)
+        .args(["verify", "--help"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("--fast"));
 }

@@ -144,7 +144,7 @@ impl Pipeline {
                             if let Err(e) = sink.record_failure(&f).await {
                                 return Some(self.stop(running, e).await);
                             }
-                            report.add(&Outcome::Failed(f), None);
+                            report.add(&Outcome::Failed(Box::new(f)), None);
                         }
                         Some(Ok(Listing::Item(item))) => {
                             report.listed_items += 1;
@@ -166,7 +166,7 @@ impl Pipeline {
                                     if let Err(e) = sink.record_failure(&f).await {
                                         return Some(self.stop(running, e).await);
                                     }
-                                    let outcome = Outcome::Failed(f);
+                                    let outcome = Outcome::Failed(Box::new(f));
                                     report.add(&outcome, None);
                                     progress.finished(&item, &outcome);
                                 }
@@ -249,7 +249,7 @@ impl Transfer {
                     retries += 1;
                 }
                 Err(e) => {
-                    let outcome = Outcome::Failed(failure(&item, stage, &e, attempt));
+                    let outcome = Outcome::Failed(Box::new(failure(&item, stage, &e, attempt)));
                     return Ok(Done {
                         outcome,
                         size_hint: item.size,
@@ -677,7 +677,7 @@ mod tests {
         let (report, _, sink) = run(items, fast_retries(1)).await;
         assert_eq!(report.archived_items, 40);
         let max = sink.max_open.load(Ordering::SeqCst);
-        assert!(max <= 3 && max >= 2, "max concurrent transfers {max}");
+        assert!((2..=3).contains(&max), "max concurrent transfers {max}");
     }
 
     #[tokio::test]

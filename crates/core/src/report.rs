@@ -60,7 +60,7 @@ pub enum Outcome {
     /// Recorded but not archived, with the reason.
     Skipped(String),
     /// Not archived because of an error.
-    Failed(Failure),
+    Failed(Box<Failure>),
 }
 
 /// Counts and reasons for a whole run; also the basis of `run.json` and `--json` output.
@@ -140,7 +140,7 @@ impl RunReport {
             Outcome::Failed(f) => {
                 self.failed_items += 1;
                 if self.failures.len() < REPORT_FAILURES_KEPT {
-                    self.failures.push(f.clone());
+                    self.failures.push((**f).clone());
                 }
             }
         }

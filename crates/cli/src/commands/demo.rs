@@ -22,14 +22,38 @@ use crate::cli::{Cli, DemoArgs};
 fn sample_files() -> Vec<(Vec<u8>, Vec<u8>)> {
     let text = |s: &str| s.as_bytes().to_vec();
     let mut files = vec![
-        (text("Rapporter/Årsrapport 2025.txt"), text("Årsrapport for 2025.\n")),
-        (text("Rapporter/årsrapport 2025.txt"), text("A case twin: differs from the one above only in case.\n")),
-        (text("Rapporter/Budsjett 100% endelig.txt"), text("A percent sign, which BagIt manifests must escape.\n")),
-        (text("Kontrakter/café.txt"), text("NFC: é is one code point.\n")),
-        (text("Kontrakter/cafe\u{301}.txt"), text("NFD: e + combining accent, as macOS writes it.\n")),
-        (b"Kontrakter/line\nbreak.txt".to_vec(), text("A line break inside a file name.\n")),
-        (text("Kontrakter/ trailing and leading spaces .txt"), text("Spaces at both ends.\n")),
-        (text("Kontrakter/what? why: \"quotes\" <and> |pipes|.txt"), text("Characters Windows refuses.\n")),
+        (
+            text("Rapporter/Årsrapport 2025.txt"),
+            text("Årsrapport for 2025.\n"),
+        ),
+        (
+            text("Rapporter/årsrapport 2025.txt"),
+            text("A case twin: differs from the one above only in case.\n"),
+        ),
+        (
+            text("Rapporter/Budsjett 100% endelig.txt"),
+            text("A percent sign, which BagIt manifests must escape.\n"),
+        ),
+        (
+            text("Kontrakter/café.txt"),
+            text("NFC: é is one code point.\n"),
+        ),
+        (
+            text("Kontrakter/cafe\u{301}.txt"),
+            text("NFD: e + combining accent, as macOS writes it.\n"),
+        ),
+        (
+            b"Kontrakter/line\nbreak.txt".to_vec(),
+            text("A line break inside a file name.\n"),
+        ),
+        (
+            text("Kontrakter/ trailing and leading spaces .txt"),
+            text("Spaces at both ends.\n"),
+        ),
+        (
+            text("Kontrakter/what? why: \"quotes\" <and> |pipes|.txt"),
+            text("Characters Windows refuses.\n"),
+        ),
         (text("Kontrakter/CON.txt"), text("A Windows device name.\n")),
         (text("Kontrakter/..dotdot"), text("Starts with two dots.\n")),
         (text("Tom fil.txt"), Vec::new()),
@@ -59,7 +83,10 @@ fn build_sample(root: &Path) -> Result<usize> {
         std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
     }
     std::fs::create_dir_all(root.join("Tom mappe"))?;
-    std::os::unix::fs::symlink("Rapporter/Årsrapport 2025.txt", root.join("snarvei til rapport"))?;
+    std::os::unix::fs::symlink(
+        "Rapporter/Årsrapport 2025.txt",
+        root.join("snarvei til rapport"),
+    )?;
     Ok(files.len())
 }
 
@@ -69,13 +96,27 @@ async fn export(src: &Path, to: PathBuf) -> Result<ferry_archive::writer::BagSum
         digests: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Sha512],
         bag_info: vec![
             ("Source-Organization".into(), "ferry demo".into()),
-            ("External-Description".into(), "Sample folder with hostile file names".into()),
+            (
+                "External-Description".into(),
+                "Sample folder with hostile file names".into(),
+            ),
         ],
         ..BagOptions::default()
     };
-    let (writer, _) = BagWriter::open(BagTarget::from_path(&to), vec![ferry_core::Connector::info(connector.as_ref())], options)?;
+    let (writer, _) = BagWriter::open(
+        BagTarget::from_path(&to),
+        vec![ferry_core::Connector::info(connector.as_ref())],
+        options,
+    )?;
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());
-    let (report, fatal) = Pipeline::new(PipelineOptions::default()).run(connector, sink, Arc::new(NoProgress), CancellationToken::new()).await;
+    let (report, fatal) = Pipeline::new(PipelineOptions::default())
+        .run(
+            connector,
+            sink,
+            Arc::new(NoProgress),
+            CancellationToken::new(),
+        )
+        .await;
     if let Some(e) = fatal {
         return Err(e.into());
     }
@@ -94,16 +135,25 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
         stamp.minute(),
         stamp.second()
     );
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let sample = tempfile_dir()?;
     let src = sample.join("Fellesområde");
     let count = build_sample(&src)?;
-    println!("1. Built a sample folder with {count} files, an empty folder and a link: {}", src.display());
+    println!(
+        "1. Built a sample folder with {count} files, an empty folder and a link: {}",
+        src.display()
+    );
 
     let folder = args.dir.join(&name);
     let zip = args.dir.join(format!("{name}.zip"));
     let bag = export(&src, folder.clone()).await?;
-    println!("2. Exported it to a BagIt bag: {} ({} payload files, {} bytes)", folder.display(), bag.payload_files, bag.payload_bytes);
+    println!(
+        "2. Exported it to a BagIt bag: {} ({} payload files, {} bytes)",
+        folder.display(),
+        bag.payload_files,
+        bag.payload_bytes
+    );
     export(&src, zip.clone()).await?;
     println!("   and to a zip holding the same bag: {}", zip.display());
 
@@ -115,19 +165,32 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
         })
         .await??;
         all_valid &= report.status == Status::Valid;
-        println!("3. ferry verify: {}", report.to_string().lines().last().unwrap_or_default());
+        println!(
+            "3. ferry verify: {}",
+            report.to_string().lines().last().unwrap_or_default()
+        );
     }
 
-    println!("4. Names that had to change in the payload (the originals stay in ferry/items.jsonl):");
+    println!(
+        "4. Names that had to change in the payload (the originals stay in ferry/items.jsonl):"
+    );
     let reader = BagReader::open(&folder)?;
     if let Some(records) = reader.item_records()? {
         for (_, r) in records.flatten() {
             let original = r["source"]["original_path"].as_str().unwrap_or_default();
             match r["path"].as_str() {
                 Some(path) if !path.ends_with(original) => {
-                    println!("     {:<46} → {}", format!("{original:?}"), path.trim_start_matches("data/"));
+                    println!(
+                        "     {:<46} → {}",
+                        format!("{original:?}"),
+                        path.trim_start_matches("data/")
+                    );
                 }
-                None => println!("     {:<46}   recorded only: {}", format!("{original:?}"), r["skipped"].as_str().unwrap_or_default()),
+                None => println!(
+                    "     {:<46}   recorded only: {}",
+                    format!("{original:?}"),
+                    r["skipped"].as_str().unwrap_or_default()
+                ),
                 _ => {}
             }
         }
@@ -135,9 +198,18 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
     let _ = std::fs::remove_dir_all(&sample);
     println!();
     println!("Try next:");
-    println!("  ferry ls {}                  # what is inside, with provenance", folder.display());
-    println!("  ferry verify {}             # check it again", zip.display());
-    println!("  bagit.py --validate {}     # the reference validator agrees (pip install bagit)", folder.display());
+    println!(
+        "  ferry ls {}                  # what is inside, with provenance",
+        folder.display()
+    );
+    println!(
+        "  ferry verify {}             # check it again",
+        zip.display()
+    );
+    println!(
+        "  bagit.py --validate {}     # the reference validator agrees (pip install bagit)",
+        folder.display()
+    );
     println!("  ferry export fs:/your/folder --to /backups/your-folder.zip");
     Ok(if all_valid { exit::OK } else { exit::PROBLEMS })
 }
