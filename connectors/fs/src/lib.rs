@@ -519,3 +519,132 @@ fn tokio_stream<T: Send + 'static>(
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn list_all(c: &FsConnector) -> Vec<Listing> {
+        c.list().map(|l| l.unwrap()).collect().await
+    }
+
+    async fn read_all(c: &FsConnector, item: &Item) -> Result<Vec<u8>> {
+        let mut s = c.open(item, 0).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn items(listing: Vec<Listing>) -> Vec<Item> {
+        listing
+            .into_iter()
+            .filter_map(|l| match l {
+                Listing::Item(i) => Some(i),
+                Listing::Failed(_) => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lists_in_byte_order_with_paths_below_the_root_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("share");
+        for p in ["b/2.txt", "a.txt", "B.txt", "b/1.txt"] {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, p).unwrap();
+        }
+        let c = FsConnector::new(&root, FsOptions::default());
+        let ids: Vec<String> = items(list_all(&c).await)
+            .into_iter()
+            .map(|i| i.source.id)
+            .collect();
+        assert_eq!(ids, ["B.txt", "a.txt", "b/1.txt", "b/2.txt"]);
+        let first = &items(list_all(&c).await)[0];
+        assert_eq!(first.path, ["share", "B.txt"]);
+        assert_eq!(read_all(&c, first).await.unwrap(), b"B.txt");
+    }
+
+    #[tokio::test]
+    async fn large_files_stream_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(CHUNK * 3 + 17)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("big"), &data).unwrap();
+        let c = FsConnector::new(dir.path(), FsOptions::default());
+        let item = items(list_all(&c).await).remove(0);
+        let mut s = c.open(&item, 0).await.unwrap();
+        let mut chunks = 0;
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() <= CHUNK);
+            out.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        assert_eq!(out, data);
+        assert_eq!(chunks, 4);
+        // Reading from an offset (resume by range) gives the rest.
+        let mut s = c.open(&item, CHUNK as u64 + 5).await.unwrap();
+        let mut rest = Vec::new();
+        while let Some(chunk) = s.next().await {
+            rest.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(rest, data[CHUNK + 5..]);
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_listing_is_a_transient_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.txt");
+        let big = dir.path().join("big.bin");
+        std::fs::write(&small, b"before").unwrap();
+        std::fs::write(&big, vec![1u8; CHUNK * 2]).unwrap();
+        let c = FsConnector::new(dir.path(), FsOptions::default());
+        let listed = items(list_all(&c).await);
+        std::fs::write(&small, b"after, and longer").unwrap();
+        std::fs::write(&big, vec![2u8; CHUNK * 2 + 1]).unwrap();
+        for item in &listed {
+            let err = read_all(&c, item).await.unwrap_err();
+            assert!(err.is_transient(), "{err}");
+            assert!(err.to_string().contains("changed"), "{err}");
+        }
+        // Same size, new mtime: still noticed.
+        let listed = items(list_all(&c).await);
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&small)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let small_item = listed.iter().find(|i| i.source.id == "small.txt").unwrap();
+        assert!(read_all(&c, small_item)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("modification time"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_root_is_fatal() {
+        let c = FsConnector::new("/definitely/not/here", FsOptions::default());
+        let err = c.check().await.unwrap_err();
+        assert!(err.is_fatal());
+        assert!(err.to_string().contains("no such file or folder"), "{err}");
+        let first = c.list().next().await.unwrap();
+        assert!(first.is_err());
+    }
+
+    #[tokio::test]
+    async fn non_utf8_names_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(dir.path().join(name), b"latin-1 name").unwrap();
+        let c = FsConnector::new(dir.path(), FsOptions::default());
+        let item = items(list_all(&c).await).remove(0);
+        assert_eq!(item.extra["original_path_bytes_hex"], "636166e92e747874");
+        assert_eq!(read_all(&c, &item).await.unwrap(), b"latin-1 name");
+    }
+}
