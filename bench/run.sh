@@ -14,6 +14,7 @@
 #
 # Environment:
 #   FERRY=/path/to/ferry   binary to measure (default: build it with cargo --release)
+#   FERRY_LABEL=text       how the results name that binary (default: its path)
 #   RUNS=3                 runs per measurement (median reported)
 #   SMALL_FILES=20000      files in the small data set (4 KiB each)
 #   LARGE_MB=512           size of each of the 4 large files, MiB
@@ -91,7 +92,13 @@ if [[ -z ${FERRY:-} ]]; then
     log "building ferry (release)"
     (cd "$repo" && CARGO_TARGET_DIR=$HOME/.cache/ferry-target cargo build --release -q -p ferry-cli)
     FERRY=$HOME/.cache/ferry-target/release/ferry
+    if commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
+        FERRY_LABEL="built from the work tree at $commit"
+        git -C "$repo" diff --quiet HEAD -- crates connectors Cargo.toml Cargo.lock 2>/dev/null ||
+            FERRY_LABEL+=", with uncommitted changes"
+    fi
 fi
+FERRY_LABEL=${FERRY_LABEL:-FERRY=$FERRY}
 [[ -x $FERRY ]] || die "FERRY=$FERRY is not an executable"
 FERRY=$(readlink -f "$FERRY")
 
@@ -189,6 +196,8 @@ record_rate() {
     log "  $2: $4 MB/s"
 }
 
+fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n 1 || echo '?'; }
+
 warm() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 
 # Deletes PATH (if any) and flushes the filesystem it was on, so that neither the deletion nor
@@ -214,7 +223,7 @@ make_dataset() {
     rm -rf "$dir"
     mkdir -p "$dir"
     log "data set $name: $count files of $size bytes"
-    python3 "$here/helper.py" gen "$dir/src" "$count" "$size" "$folders"
+    python3 -B "$here/helper.py" gen "$dir/src" "$count" "$size" "$folders"
     log "data set $name: making the bag with ferry export"
     "$FERRY" export "fs:$dir/src" --to "$dir/bag" -q >/dev/null
     sync -f "$dir"
@@ -344,11 +353,7 @@ machine=$WORK/machine.tsv
     printf 'RAM\t%s GiB\n' "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
     printf 'kernel\t%s\n' "$(uname -r)"
     printf 'BENCH_DIR\t%s on %s\n' "$BENCH_DIR" "$(fstype "$BENCH_DIR")"
-    printf 'ferry\t%s' "$("$FERRY" --version)"
-    if commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
-        printf ' (repo at %s%s)' "$commit" "$(git -C "$repo" diff --quiet HEAD -- crates connectors Cargo.toml Cargo.lock 2>/dev/null || echo ', with uncommitted changes')"
-    fi
-    printf '\n'
+    printf 'ferry\t%s (%s)\n' "$("$FERRY" --version)" "$FERRY_LABEL"
     printf 'bagit.py\t%s\n' "$(bagit.py --version 2>&1 | head -n 1)"
     printf 'sha256sum\t%s\n' "$(sha256sum --version | head -n 1)"
     printf 'cp\t%s\n' "$(cp --version | head -n 1)"
@@ -370,5 +375,5 @@ config=$WORK/config.tsv
 } >"$config"
 
 echo
-python3 "$here/helper.py" report "$RESULTS" "$machine" "$config" ${DOCS:+"$DOCS"}
+python3 -B "$here/helper.py" report "$RESULTS" "$machine" "$config" ${DOCS:+"$DOCS"}
 [[ -n $DOCS ]] || log "results not written to a file (DOCS unset: not a full-size run of every section)"
