@@ -24,7 +24,7 @@ Examples:
 /// ferry gets an organisation's files, mail and objects out of clouds and servers into BagIt
 /// archives it owns and can check without ferry.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None, after_long_help = AFTER_HELP, after_help = "Run `ferry help <command>` or `ferry <command> --help` for details; `--help` lists exit codes.")]
+#[command(name = "ferry", version, after_long_help = AFTER_HELP, after_help = "Run `ferry help <command>` or `ferry <command> --help` for details; `--help` lists exit codes.")]
 pub struct Cli {
     /// Print only errors (and the final summary).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
