@@ -101,6 +101,18 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
         b"do not overwrite"
     );
 
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        src.join("bags/inside").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        run.code, 2,
+        "a bag inside its own source would archive itself"
+    );
+    assert!(run.stderr.contains("inside the source"), "{}", run.stderr);
+
     let zip = tmp.path().join("taken.zip");
     write(&zip, b"PK");
     assert_eq!(
@@ -170,6 +182,7 @@ fn plain_paths_work_as_fs_sources_and_json_summaries_are_complete() {
     }
     assert_eq!(s["archived_bytes"], 3);
     assert_eq!(s["exit_code"], 0);
+    assert_bagit_py_valid(&bag);
 }
 
 #[test]
@@ -209,6 +222,9 @@ fn ls_shows_items_with_provenance() {
             .collect();
         assert_eq!(records.len(), 3);
         ferry(["ls", "--failures", bag.to_str().unwrap()]).expect_code(0);
+        if to == "bag" {
+            assert_bagit_py_valid(&bag);
+        }
     }
     assert_eq!(
         ferry(["ls", tmp.path().join("nothing").to_str().unwrap()]).code,

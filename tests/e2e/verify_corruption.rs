@@ -38,6 +38,7 @@ fn make_bag(dir: &Path) -> PathBuf {
         "sha512",
     ])
     .expect_code(0);
+    assert_bagit_py_valid(&bag);
     bag
 }
 

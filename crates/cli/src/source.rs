@@ -1,5 +1,6 @@
 //! Turns a source argument (`fs:/srv/share`, a plain path, later `s3://…`) into a connector.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -15,29 +16,43 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         if path.is_empty() {
             bail!("fs: needs a path, e.g. fs:/srv/share");
         }
-        return Ok(Arc::new(FsConnector::new(
-            path,
-            FsOptions {
-                follow_symlinks: args.follow_symlinks,
-            },
-        )));
+        return fs_connector(Path::new(path), args);
     }
     if let Some((scheme, _)) = source.split_once(':') {
         let known_later = ["s3", "m365", "google", "imap"];
         if known_later.contains(&scheme.to_ascii_lowercase().as_str()) {
             bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders)");
         }
-        // "C:" style or a path with a colon in it: treat as a path if it exists.
-        if !std::path::Path::new(source).exists() {
+        // A path with a colon in it: treat it as a path if it exists.
+        if !Path::new(source).exists() {
             bail!(
                 "unknown source {source:?}: use fs:/path/to/folder (or a plain path to a folder)"
             );
         }
     }
-    Ok(Arc::new(FsConnector::new(
-        source,
-        FsOptions {
-            follow_symlinks: args.follow_symlinks,
-        },
-    )))
+    fs_connector(Path::new(source), args)
+}
+
+/// A folder connector, after making sure the bag will not be written inside the folder it
+/// reads (the export would archive itself, forever).
+fn fs_connector(root: &Path, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+    if let (Ok(root), Some(dest)) = (root.canonicalize(), nearest_existing(&args.to)) {
+        if root.is_dir() && dest.starts_with(&root) {
+            bail!(
+                "the destination {} is inside the source folder {}; choose a --to outside it",
+                args.to.display(),
+                root.display()
+            );
+        }
+    }
+    let options = FsOptions {
+        follow_symlinks: args.follow_symlinks,
+    };
+    Ok(Arc::new(FsConnector::new(root, options)))
+}
+
+/// The canonical form of `path`, or of its nearest ancestor that exists.
+fn nearest_existing(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    absolute.ancestors().find_map(|p| p.canonicalize().ok())
 }
