@@ -225,3 +225,63 @@ fn an_interrupted_export_is_never_resumed_with_another_source() {
     ]);
     assert_eq!(run.code, 2, "other digests cannot resume either");
 }
+
+#[test]
+fn a_full_disk_stops_the_export_clearly_and_a_rerun_finishes_once_there_is_room() {
+    // Needs a small filesystem of its own: a tmpfs mount (root only; skipped elsewhere).
+    let tmp = tempdir();
+    let mnt = tmp.path().join("small-fs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = is_root()
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+    if !mounted {
+        eprintln!("NOTICE: cannot mount a small tmpfs here; skipping the disk-full test");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let src = tmp.path().join("src");
+    for i in 0..8 {
+        write(&src.join(format!("f{i}.bin")), &vec![i as u8; 512 * 1024]);
+    }
+    let bag = mnt.join("bag");
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("No space left on device") && run.stderr.contains("rerun"),
+        "{}",
+        run.stderr
+    );
+    ferry(["verify", bag.to_str().unwrap()]).expect_code(1);
+    assert!(Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let run = ferry([
+        "export",
+        &format!("fs:{}", src.display()),
+        "--to",
+        bag.to_str().unwrap(),
+        "--json",
+    ]);
+    run.expect_code(0);
+    assert_eq!(run.json()["payload_files"], 8);
+    assert_bagit_py_valid(&bag);
+}
