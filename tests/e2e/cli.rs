@@ -88,12 +88,7 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
     write(&src.join("a"), b"a");
     let taken = tmp.path().join("taken");
     write(&taken.join("precious.doc"), b"do not overwrite");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        taken.to_str().unwrap(),
-    ]);
+    let run = export(&src, &taken, &[]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("already exists"), "{}", run.stderr);
     assert_eq!(
@@ -115,16 +110,7 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
 
     let zip = tmp.path().join("taken.zip");
     write(&zip, b"PK");
-    assert_eq!(
-        ferry([
-            "export",
-            &format!("fs:{}", src.display()),
-            "--to",
-            zip.to_str().unwrap()
-        ])
-        .code,
-        2
-    );
+    assert_eq!(export(&src, &zip, &[]).code, 2);
 
     let run = ferry([
         "export",
@@ -194,13 +180,7 @@ fn ls_shows_items_with_provenance() {
     std::os::unix::fs::symlink("plain.txt", src.join("link")).unwrap();
     for to in ["bag", "bag.zip"] {
         let bag = tmp.path().join(to);
-        ferry([
-            "export",
-            &format!("fs:{}", src.display()),
-            "--to",
-            bag.to_str().unwrap(),
-        ])
-        .expect_code(0);
+        export(&src, &bag, &[]).expect_code(0);
         let run = ferry(["ls", bag.to_str().unwrap()]);
         run.expect_code(0);
         assert!(

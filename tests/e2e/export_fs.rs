@@ -81,13 +81,7 @@ fn hostile_names_survive_a_folder_export() {
     let src = tmp.path().join("share");
     let files = hostile_tree(&src);
     let bag = tmp.path().join("bag");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--json",
-    ]);
+    let run = export(&src, &bag, &["--json"]);
     run.expect_code(0);
     let summary = run.json();
     assert_eq!(summary["status"], "complete");
@@ -181,13 +175,7 @@ fn links_special_files_and_empty_folders_are_recorded_not_archived() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
 
     let bag = tmp.path().join("bag");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--json",
-    ]);
+    let run = export(&src, &bag, &["--json"]);
     run.expect_code(0);
     assert_eq!(run.json()["skipped_items"], 6, "{}", run.stdout);
     let records = items(&bag);
@@ -213,14 +201,7 @@ fn links_special_files_and_empty_folders_are_recorded_not_archived() {
 
     // --follow-symlinks archives what links point to, without looping.
     let bag2 = tmp.path().join("bag-followed");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag2.to_str().unwrap(),
-        "--follow-symlinks",
-        "--json",
-    ]);
+    let run = export(&src, &bag2, &["--follow-symlinks", "--json"]);
     run.expect_code(0);
     let records = items(&bag2);
     let stored: HashSet<&str> = records
@@ -315,18 +296,18 @@ fn metadata_is_recorded_and_kept() {
         .set_modified(when)
         .unwrap();
     let bag = tmp.path().join("bag");
-    ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--source-organization",
-        "Eksempel kommune",
-        "--external-identifier",
-        "2026/114",
-        "--bag-info",
-        "Internal-Sender-Identifier=ark-7",
-    ])
+    export(
+        &src,
+        &bag,
+        &[
+            "--source-organization",
+            "Eksempel kommune",
+            "--external-identifier",
+            "2026/114",
+            "--bag-info",
+            "Internal-Sender-Identifier=ark-7",
+        ],
+    )
     .expect_code(0);
     let r = &items(&bag)[0];
     assert_eq!(r["extra"]["mode"], "750");

@@ -118,13 +118,7 @@ fn kill_9_then_rerun_completes_a_folder_bag() {
     let first = src.join("d00/f0000.bin");
     std::fs::write(&first, b"changed after the crash").unwrap();
 
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--json",
-    ]);
+    let run = export(&src, &bag, &["--json"]);
     run.expect_code(0);
     let summary = run.json();
     assert_eq!(summary["resumed"], true);
@@ -156,13 +150,7 @@ fn kill_9_then_rerun_completes_a_zip() {
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stdout.contains("INCOMPLETE"), "{}", run.stdout);
 
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        zip.to_str().unwrap(),
-        "--json",
-    ]);
+    let run = export(&src, &zip, &["--json"]);
     run.expect_code(0);
     let summary = run.json();
     assert!(
@@ -187,13 +175,7 @@ fn ctrl_c_stops_with_130_and_the_rerun_finishes() {
     wait_for_checkpoint(&bag.join(".ferry-partial"), 20, &mut child);
     assert_eq!(signal(&mut child, libc::SIGINT), 130);
     ferry(["verify", bag.to_str().unwrap()]).expect_code(1);
-    ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-    ])
-    .expect_code(0);
+    export(&src, &bag, &[]).expect_code(0);
     check_complete(&bag, &src);
 }
 
@@ -207,22 +189,10 @@ fn an_interrupted_export_is_never_resumed_with_another_source() {
     signal(&mut child, libc::SIGKILL);
     let other = tmp.path().join("other");
     write(&other.join("x"), b"x");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", other.display()),
-        "--to",
-        bag.to_str().unwrap(),
-    ]);
+    let run = export(&other, &bag, &[]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("interrupted export"), "{}", run.stderr);
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--digest",
-        "sha512",
-    ]);
+    let run = export(&src, &bag, &["--digest", "sha512"]);
     assert_eq!(run.code, 2, "other digests cannot resume either");
 }
 
@@ -255,12 +225,7 @@ fn a_full_disk_stops_the_export_clearly_and_a_rerun_finishes_once_there_is_room(
         write(&src.join(format!("f{i}.bin")), &vec![i as u8; 512 * 1024]);
     }
     let bag = mnt.join("bag");
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-    ]);
+    let run = export(&src, &bag, &[]);
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("No space left on device") && run.stderr.contains("rerun"),
@@ -274,13 +239,7 @@ fn a_full_disk_stops_the_export_clearly_and_a_rerun_finishes_once_there_is_room(
         .status()
         .unwrap()
         .success());
-    let run = ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--json",
-    ]);
+    let run = export(&src, &bag, &["--json"]);
     run.expect_code(0);
     assert_eq!(run.json()["payload_files"], 8);
     assert_bagit_py_valid(&bag);

@@ -112,15 +112,7 @@ fn bags_conform_to_the_bagit_profile() {
     let src = tmp.path().join("src");
     write(&src.join("a.txt"), b"a");
     let bag = tmp.path().join("bag");
-    ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--digest",
-        "sha512",
-    ])
-    .expect_code(0);
+    export(&src, &bag, &["--digest", "sha512"]).expect_code(0);
     let check = |bag: &Path| {
         std::process::Command::new("python3")
             .args([

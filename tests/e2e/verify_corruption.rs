@@ -27,17 +27,7 @@ fn make_bag(dir: &Path) -> PathBuf {
     write(&src.join("docs/100%.txt"), b"percent");
     write(&src.join("photo.jpg"), &vec![0xAB; 50_000]);
     let bag = dir.join("pristine");
-    ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        bag.to_str().unwrap(),
-        "--digest",
-        "sha256",
-        "--digest",
-        "sha512",
-    ])
-    .expect_code(0);
+    export(&src, &bag, &["--digest", "sha256", "--digest", "sha512"]).expect_code(0);
     assert_bagit_py_valid(&bag);
     bag
 }
@@ -258,13 +248,7 @@ fn a_damaged_zip_is_found() {
     let src = tmp.path().join("src");
     write(&src.join("a.bin"), &vec![7u8; 100_000]);
     let zip = tmp.path().join("bag.zip");
-    ferry([
-        "export",
-        &format!("fs:{}", src.display()),
-        "--to",
-        zip.to_str().unwrap(),
-    ])
-    .expect_code(0);
+    export(&src, &zip, &[]).expect_code(0);
     ferry(["verify", zip.to_str().unwrap()]).expect_code(0);
     let mut bytes = std::fs::read(&zip).unwrap();
     // Payload entries come first and are stored: byte 50,000 is inside a.bin's data.

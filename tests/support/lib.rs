@@ -323,3 +323,15 @@ pub fn schema_errors(schema: &str, values: &[serde_json::Value]) -> Vec<String> 
     }
     errors
 }
+
+/// Runs `ferry export fs:<src> --to <to> <extra…>`.
+pub fn export(src: &Path, to: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "export".to_string(),
+        format!("fs:{}", src.display()),
+        "--to".into(),
+        to.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ferry(&args)
+}

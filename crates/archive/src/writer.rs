@@ -761,6 +761,16 @@ impl Shared {
         Ok(())
     }
 
+    /// Appends a stored item's journal line (the item is in place: its bytes are written and,
+    /// for a zip, its entry committed) and makes a checkpoint when one is due.
+    fn record_stored(&self, store: &mut Store, line: &JournalLine, size: u64) -> Result<()> {
+        store
+            .journal
+            .append(line)
+            .map_err(io_err("writing the journal"))?;
+        self.maybe_checkpoint(store, size)
+    }
+
     fn maybe_checkpoint(&self, store: &mut Store, added: u64) -> Result<()> {
         store.bytes_since_checkpoint += added;
         if store.last_checkpoint.elapsed() >= self.options.checkpoint_interval
@@ -1301,11 +1311,7 @@ impl ItemWriter for FolderItem {
         }
         let line = journal_line(item, &stored);
         let mut store = self.shared.store.lock().await;
-        store
-            .journal
-            .append(&line)
-            .map_err(io_err("writing the journal"))?;
-        self.shared.maybe_checkpoint(&mut store, stored.size)
+        self.shared.record_stored(&mut store, &line, stored.size)
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -1402,11 +1408,7 @@ impl ItemWriter for ZipItem {
             .expect("zip builder")
             .commit(&cd)
             .map_err(io_err("writing the zip"))?;
-        store
-            .journal
-            .append(&line)
-            .map_err(io_err("writing the journal"))?;
-        self.shared.maybe_checkpoint(&mut store, stored.size)
+        self.shared.record_stored(&mut store, &line, stored.size)
     }
 
     async fn abort(mut self: Box<Self>) {
