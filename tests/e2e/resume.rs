@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::*;
 
-const FILES: usize = 400;
+/// Enough items that, even on a tmpfs, the export is still running when the test kills it.
+const FILES: usize = 1000;
 
 fn source(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     for i in 0..FILES {
-        let content: Vec<u8> = (0..64 * 1024)
+        let content: Vec<u8> = (0..16 * 1024)
             .map(|j| ((i * 31 + j * 7) % 251) as u8)
             .collect();
         write(&src.join(format!("d{:02}/f{i:04}.bin", i % 10)), &content);
@@ -31,7 +32,7 @@ fn start_export(src: &Path, to: &Path) -> Child {
             "--checkpoint-interval",
             "0",
             "--concurrency",
-            "2",
+            "1",
             "-q",
         ])
         .stdout(Stdio::null())
@@ -59,7 +60,7 @@ fn wait_for_checkpoint(work: &Path, lines: u64, child: &mut Child) {
             Instant::now() < deadline,
             "no checkpoint with {lines} items in time"
         );
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
