@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use ferry_core::sink::Placement;
 use ferry_core::{
     DigestAlgorithm, Digests, Error, Failure, Item, ItemWriter, MultiHasher, Result, RunReport,
@@ -1213,12 +1214,13 @@ impl Sink for BagWriter {
                 Ok(Box::new(FolderItem {
                     shared: self.shared.clone(),
                     tmp: Some(tmp),
+                    offload: item.size.is_none_or(|s| s > OFFLOAD_MIN),
                     // Chunks from local files are large already; the buffer matters for
                     // network sources that deliver a few KiB at a time.
-                    file: Some(BufWriter::with_capacity(
+                    file: Some(Offloaded::Idle(BufWriter::with_capacity(
                         item.size.unwrap_or(256 << 10).clamp(8 << 10, 256 << 10) as usize,
                         file,
-                    )),
+                    ))),
                     final_path,
                     written: 0,
                 }))
@@ -1267,23 +1269,89 @@ fn journal_line(item: &Item, stored: &StoredItem) -> JournalLine {
     }
 }
 
+/// Items larger than this are written off the async threads (see [`Offloaded`]).
+const OFFLOAD_MIN: u64 = 1 << 20;
+
+/// A writer whose blocking writes run on the blocking pool, one chunk behind the caller: the
+/// transfer hashes (and reads) the next chunk while this one is written. At most one write is
+/// in flight, so order is kept and memory stays at one chunk.
+enum Offloaded<W> {
+    /// Nothing in flight.
+    Idle(W),
+    /// A write is running; the writer comes back with its result.
+    Busy(tokio::task::JoinHandle<(W, io::Result<()>)>),
+    /// A write panicked; the writer is gone.
+    Lost,
+}
+
+impl<W: Send + 'static> Offloaded<W> {
+    /// Waits for the write in flight, if any, and returns the writer.
+    async fn settle(&mut self) -> io::Result<&mut W> {
+        if matches!(self, Offloaded::Busy(_)) {
+            let Offloaded::Busy(handle) = std::mem::replace(self, Offloaded::Lost) else {
+                unreachable!("checked above")
+            };
+            let (writer, result) = handle.await.map_err(io::Error::other)?;
+            *self = Offloaded::Idle(writer);
+            result?;
+        }
+        match self {
+            Offloaded::Idle(writer) => Ok(writer),
+            _ => Err(io::Error::other("a write failed earlier")),
+        }
+    }
+
+    /// Starts writing `chunk` with `write` and returns without waiting for it.
+    async fn write(
+        &mut self,
+        chunk: Bytes,
+        write: fn(&mut W, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.settle().await?;
+        let Offloaded::Idle(mut writer) = std::mem::replace(self, Offloaded::Lost) else {
+            unreachable!("settled")
+        };
+        *self = Offloaded::Busy(tokio::task::spawn_blocking(move || {
+            let result = write(&mut writer, &chunk);
+            (writer, result)
+        }));
+        Ok(())
+    }
+
+    /// Waits for the last write and returns the writer.
+    async fn into_inner(mut self) -> io::Result<W> {
+        self.settle().await?;
+        match self {
+            Offloaded::Idle(writer) => Ok(writer),
+            _ => unreachable!("settled"),
+        }
+    }
+}
+
 /// One item being written into a folder bag: a temporary file renamed into place on commit.
 struct FolderItem {
     shared: Arc<Shared>,
     tmp: Option<PathBuf>,
-    file: Option<BufWriter<File>>,
+    file: Option<Offloaded<BufWriter<File>>>,
+    /// Large items are written on the blocking pool, overlapping with hashing; small ones
+    /// inline, where a hand-off would cost more than the write.
+    offload: bool,
     final_path: PathBuf,
     written: u64,
 }
 
 #[async_trait]
 impl ItemWriter for FolderItem {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let what = || format!("writing {}", self.final_path.display());
         let file = self.file.as_mut().expect("open file");
-        file.write_all(chunk)
-            .map_err(io_err(format!("writing {}", self.final_path.display())))?;
         self.written += chunk.len() as u64;
-        Ok(())
+        let write = |f: &mut BufWriter<File>, data: &[u8]| f.write_all(data);
+        if self.offload {
+            file.write(chunk, write).await.map_err(io_err(what()))
+        } else {
+            write(file.settle().await.map_err(io_err(what()))?, &chunk).map_err(io_err(what()))
+        }
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
@@ -1292,6 +1360,9 @@ impl ItemWriter for FolderItem {
         let final_path = self.final_path.clone();
         let what = final_path.display().to_string();
         let file = file
+            .into_inner()
+            .await
+            .map_err(io_err(format!("writing {what}")))?
             .into_inner()
             .map_err(|e| io_err(format!("writing {what}"))(e.into_error()))?;
         if let Some(modified) = item.modified {
@@ -1341,16 +1412,29 @@ struct ZipItem {
     meta: EntryMeta,
     size_hint: Option<u64>,
     buffer: Vec<u8>,
-    streaming: Option<(tokio::sync::OwnedMutexGuard<Store>, StreamEntry)>,
+    /// Once streaming, the archive lock and the open entry, written on the blocking pool one
+    /// chunk behind the transfer so hashing and writing overlap.
+    streaming: Option<Offloaded<ZipStream>>,
+}
+
+/// The archive (locked for this entry) and the entry being streamed.
+type ZipStream = (tokio::sync::OwnedMutexGuard<Store>, StreamEntry);
+
+fn write_zip_stream((store, entry): &mut ZipStream, data: &[u8]) -> io::Result<()> {
+    store
+        .zip
+        .as_mut()
+        .expect("zip builder")
+        .write_stream(entry, data)
 }
 
 #[async_trait]
 impl ItemWriter for ZipItem {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
         if self.streaming.is_none()
             && self.buffer.len() + chunk.len() <= self.shared.options.zip_buffer
         {
-            self.buffer.extend_from_slice(chunk);
+            self.buffer.extend_from_slice(&chunk);
             return Ok(());
         }
         if self.streaming.is_none() {
@@ -1362,21 +1446,23 @@ impl ItemWriter for ZipItem {
             zip.write_stream(&mut entry, &self.buffer)
                 .map_err(io_err("writing the zip"))?;
             self.buffer = Vec::new();
-            self.streaming = Some((store, entry));
+            self.streaming = Some(Offloaded::Idle((store, entry)));
         }
-        let (store, entry) = self.streaming.as_mut().expect("streaming");
-        store
-            .zip
-            .as_mut()
-            .expect("zip builder")
-            .write_stream(entry, chunk)
+        let streaming = self.streaming.as_mut().expect("streaming");
+        streaming
+            .write(chunk, write_zip_stream)
+            .await
             .map_err(io_err("writing the zip"))
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
         let line = journal_line(item, &stored);
         let (mut store, cd) = match self.streaming.take() {
-            Some((mut store, entry)) => {
+            Some(streaming) => {
+                let (mut store, entry) = streaming
+                    .into_inner()
+                    .await
+                    .map_err(io_err("writing the zip"))?;
                 let cd = store
                     .zip
                     .as_mut()
@@ -1412,13 +1498,20 @@ impl ItemWriter for ZipItem {
     }
 
     async fn abort(mut self: Box<Self>) {
+        if let Some(streaming) = self.streaming.take() {
+            if let Ok(inner) = streaming.into_inner().await {
+                self.streaming = Some(Offloaded::Idle(inner));
+            }
+        }
         self.discard();
     }
 }
 
 impl ZipItem {
     fn discard(&mut self) {
-        if let Some((mut store, entry)) = self.streaming.take() {
+        // A write still running on the blocking pool keeps the lock until it ends; then the
+        // entry is left unfinished (never committed) and cut off on resume.
+        if let Some(Offloaded::Idle((mut store, entry))) = self.streaming.take() {
             let offset = ZipBuilder::stream_offset(&entry);
             if let Some(zip) = store.zip.as_mut() {
                 if let Err(e) = zip.discard(offset) {

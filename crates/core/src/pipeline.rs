@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{Connector, Listing};
+use crate::connector::{ByteStream, Connector, Listing};
 use crate::error::{Error, Result};
 use crate::hash::MultiHasher;
 use crate::item::{Item, ItemKind};
@@ -210,6 +210,27 @@ fn failure(item: &Item, stage: &str, error: &Error, attempts: u32) -> Failure {
     }
 }
 
+/// Items larger than this are read ahead of hashing and writing.
+const READ_AHEAD_MIN: u64 = 4 << 20;
+/// How many chunks a read-ahead holds (each at most a connector's chunk size).
+const READ_AHEAD_CHUNKS: usize = 4;
+
+/// Pulls a stream on its own task, up to `depth` chunks ahead of the consumer, so that the
+/// source's latency overlaps with hashing and writing. Small items skip this: for them the
+/// extra hand-off costs more than it saves.
+fn read_ahead(mut stream: ByteStream, depth: usize) -> ByteStream {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(depth);
+    tokio::spawn(async move {
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
 /// One item's transfer, with retries.
 struct Transfer {
     connector: Arc<dyn Connector>,
@@ -276,6 +297,9 @@ impl Transfer {
         );
         *stage = "download";
         let mut stream = self.connector.open(item, 0).await?;
+        if item.size.is_none_or(|size| size > READ_AHEAD_MIN) {
+            stream = read_ahead(stream, READ_AHEAD_CHUNKS);
+        }
         *stage = "write";
         let mut writer = self.sink.create(item, path).await?;
         loop {
@@ -301,7 +325,7 @@ impl Transfer {
             hasher.update(&chunk);
             self.progress.bytes(chunk.len() as u64);
             *stage = "write";
-            if let Err(e) = writer.write(&chunk).await {
+            if let Err(e) = writer.write(chunk).await {
                 writer.abort().await;
                 return Err(e);
             }
@@ -365,7 +389,7 @@ mod tests {
     //! truncation, checksum mismatches, permanent and fatal errors, the concurrency bound.
 
     use super::*;
-    use crate::connector::{ByteStream, SourceInfo};
+    use crate::connector::SourceInfo;
     use crate::item::{ChecksumAlgorithm, SourceChecksum, SourceRef};
     use crate::progress::NoProgress;
     use crate::sink::ItemWriter;
@@ -492,8 +516,8 @@ mod tests {
 
     #[async_trait]
     impl ItemWriter for TestWriter {
-        async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-            self.data.extend_from_slice(chunk);
+        async fn write(&mut self, chunk: Bytes) -> Result<()> {
+            self.data.extend_from_slice(&chunk);
             tokio::task::yield_now().await;
             Ok(())
         }

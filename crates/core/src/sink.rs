@@ -1,6 +1,7 @@
 //! The interface archive writers implement, so the pipeline can feed any archive format.
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use time::OffsetDateTime;
 
 use crate::error::Result;
@@ -56,8 +57,9 @@ pub trait Sink: Send + Sync {
 /// [`ItemWriter::commit`]; dropping the writer or calling [`ItemWriter::abort`] discards it.
 #[async_trait]
 pub trait ItemWriter: Send {
-    /// Appends bytes.
-    async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Appends bytes. Takes the chunk by value (a cheap reference-counted handle) so a writer
+    /// can hand it to another thread and return before it is written.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
     /// Makes the item part of the archive, with its provenance record.
     async fn commit(self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()>;
     /// Discards what was written.
