@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use ferry_core::{
-    ByteStream, Connector, Error, Failure, Item, ItemKind, Listing, ListingStream, Result,
-    SourceInfo, SourceRef,
+    Connector, Error, Failure, Item, ItemKind, Listing, ListingStream, Opened, Result, SourceInfo,
+    SourceRef,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -397,7 +397,7 @@ impl Connector for FsConnector {
         tokio_stream(rx).boxed()
     }
 
-    async fn open(&self, item: &Item, offset: u64) -> Result<ByteStream> {
+    async fn open(&self, item: &Item, offset: u64) -> Result<Opened> {
         let path = self.path_of(item);
         let mut reader = FileReader {
             path,
@@ -411,7 +411,7 @@ impl Connector for FsConnector {
             // microseconds, less than handing it to the blocking pool and back, which dominated
             // exports of many small files.
             let chunk = reader.next_chunk()?;
-            return Ok(futures::stream::iter(chunk.map(Ok)).boxed());
+            return Ok(Opened::bytes(futures::stream::iter(chunk.map(Ok)).boxed()));
         }
         // Each step (open + first chunk, then each further chunk) is one trip to the blocking
         // pool: small files cost a single trip.
@@ -432,7 +432,11 @@ impl Connector for FsConnector {
                 Err(e) => Some((Err(Error::fatal(format!("internal error: {e}"))), None)),
             }
         });
-        Ok(stream.boxed())
+        Ok(Opened::bytes(stream.boxed()))
+    }
+
+    fn resumable(&self) -> bool {
+        true
     }
 }
 
@@ -529,7 +533,7 @@ mod tests {
     }
 
     async fn read_all(c: &FsConnector, item: &Item) -> Result<Vec<u8>> {
-        let mut s = c.open(item, 0).await?;
+        let mut s = c.open(item, 0).await?.bytes;
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
             out.extend_from_slice(&chunk?);
@@ -574,7 +578,7 @@ mod tests {
         std::fs::write(dir.path().join("big"), &data).unwrap();
         let c = FsConnector::new(dir.path(), FsOptions::default());
         let item = items(list_all(&c).await).remove(0);
-        let mut s = c.open(&item, 0).await.unwrap();
+        let mut s = c.open(&item, 0).await.unwrap().bytes;
         let mut chunks = 0;
         let mut out = Vec::new();
         while let Some(chunk) = s.next().await {
@@ -586,7 +590,7 @@ mod tests {
         assert_eq!(out, data);
         assert_eq!(chunks, 4);
         // Reading from an offset (resume by range) gives the rest.
-        let mut s = c.open(&item, CHUNK as u64 + 5).await.unwrap();
+        let mut s = c.open(&item, CHUNK as u64 + 5).await.unwrap().bytes;
         let mut rest = Vec::new();
         while let Some(chunk) = s.next().await {
             rest.extend_from_slice(&chunk.unwrap());

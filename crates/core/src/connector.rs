@@ -12,6 +12,56 @@ use crate::report::Failure;
 /// An item's content as a stream of byte chunks.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
+/// What the source says about an item when it is opened, beyond what the listing said: many
+/// APIs state content type, user metadata or checksums only on a GET.
+#[derive(Debug, Default, Clone)]
+pub struct ItemUpdate {
+    /// The size the source now states (a transfer of another length is an error).
+    pub size: Option<u64>,
+    /// The media type, if the source states one.
+    pub media_type: Option<String>,
+    /// More source-specific metadata, merged into the item's `extra`.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// More checksums to check the bytes against.
+    pub source_checksums: Vec<crate::item::SourceChecksum>,
+}
+
+impl ItemUpdate {
+    /// Applies the update to an item.
+    pub fn apply(self, item: &mut Item) {
+        if self.size.is_some() {
+            item.size = self.size;
+        }
+        if self.media_type.is_some() {
+            item.media_type = self.media_type;
+        }
+        item.extra.extend(self.extra);
+        for c in self.source_checksums {
+            if !item.source_checksums.contains(&c) {
+                item.source_checksums.push(c);
+            }
+        }
+    }
+}
+
+/// An opened item: its bytes, and what opening it told about it.
+pub struct Opened {
+    /// The content, from the offset asked for.
+    pub bytes: ByteStream,
+    /// Metadata learnt on opening.
+    pub update: ItemUpdate,
+}
+
+impl Opened {
+    /// Just bytes, nothing more to say.
+    pub fn bytes(bytes: ByteStream) -> Self {
+        Opened {
+            bytes,
+            update: ItemUpdate::default(),
+        }
+    }
+}
+
 /// What a listing yields: items, and failures to list part of the source.
 ///
 /// A listing failure (an unreadable folder, a page that keeps failing) is not fatal: it is
@@ -59,7 +109,13 @@ pub trait Connector: Send + Sync {
     fn list(&self) -> ListingStream<'_>;
 
     /// Opens an item's content, starting at byte `offset` (0 for the whole item).
-    async fn open(&self, item: &Item, offset: u64) -> Result<ByteStream>;
+    async fn open(&self, item: &Item, offset: u64) -> Result<Opened>;
+
+    /// Whether [`Connector::open`] can start at an offset, so a transfer that broke off can go
+    /// on where it stopped instead of starting again.
+    fn resumable(&self) -> bool {
+        false
+    }
 
     /// Called after an item's bytes were read in full: lets a connector notice that the item
     /// changed at the source while it was being read (a transient error retries it).

@@ -53,8 +53,36 @@ pub enum ItemKind {
 pub struct SourceChecksum {
     /// How it was computed.
     pub algorithm: ChecksumAlgorithm,
-    /// Its value, as lowercase hex.
+    /// Its value as lowercase hex; for checksums over parts (S3 multipart ETags, composite
+    /// checksums) followed by `-<number of parts>`.
     pub value: String,
+    /// For checksums over parts: the size of every part but the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<u64>,
+}
+
+impl SourceChecksum {
+    /// A whole-content checksum.
+    pub fn new(algorithm: ChecksumAlgorithm, value: impl Into<String>) -> Self {
+        SourceChecksum {
+            algorithm,
+            value: value.into().to_ascii_lowercase(),
+            part_size: None,
+        }
+    }
+
+    /// A checksum over parts of `part_size` bytes (the value ends in `-<parts>`).
+    pub fn over_parts(
+        algorithm: ChecksumAlgorithm,
+        value: impl Into<String>,
+        part_size: u64,
+    ) -> Self {
+        SourceChecksum {
+            algorithm,
+            value: value.into().to_ascii_lowercase(),
+            part_size: Some(part_size),
+        }
+    }
 }
 
 /// Algorithms sources use for their checksums.
@@ -62,24 +90,32 @@ pub struct SourceChecksum {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ChecksumAlgorithm {
-    /// MD5 of the whole content (S3 single-part ETag, Drive md5Checksum).
+    /// MD5 (S3 single-part ETag, Drive md5Checksum). Over parts: the S3 multipart ETag, the
+    /// MD5 of the concatenated part MD5s.
     Md5,
-    /// SHA-1 of the whole content.
+    /// SHA-1.
     Sha1,
-    /// SHA-256 of the whole content (Drive sha256Checksum, x-amz-checksum-sha256).
+    /// SHA-256 (Drive sha256Checksum, x-amz-checksum-sha256).
     Sha256,
-    /// SHA-512 of the whole content.
+    /// SHA-512.
     Sha512,
+    /// CRC-32 (IEEE), as x-amz-checksum-crc32.
+    Crc32,
+    /// CRC-32C (Castagnoli), as x-amz-checksum-crc32c.
+    Crc32c,
+    /// CRC-64/NVME, as x-amz-checksum-crc64nvme.
+    Crc64nvme,
 }
 
 impl ChecksumAlgorithm {
-    /// The streaming digest that computes this checksum.
-    pub fn digest(self) -> DigestAlgorithm {
+    /// The streaming digest that computes this checksum, when it is a plain digest.
+    pub fn digest(self) -> Option<DigestAlgorithm> {
         match self {
-            ChecksumAlgorithm::Md5 => DigestAlgorithm::Md5,
-            ChecksumAlgorithm::Sha1 => DigestAlgorithm::Sha1,
-            ChecksumAlgorithm::Sha256 => DigestAlgorithm::Sha256,
-            ChecksumAlgorithm::Sha512 => DigestAlgorithm::Sha512,
+            ChecksumAlgorithm::Md5 => Some(DigestAlgorithm::Md5),
+            ChecksumAlgorithm::Sha1 => Some(DigestAlgorithm::Sha1),
+            ChecksumAlgorithm::Sha256 => Some(DigestAlgorithm::Sha256),
+            ChecksumAlgorithm::Sha512 => Some(DigestAlgorithm::Sha512),
+            _ => None,
         }
     }
 }

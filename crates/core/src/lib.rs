@@ -8,6 +8,7 @@
 //! Connectors know nothing of archives and archives know nothing of clouds; both only speak the
 //! types in this crate.
 
+pub mod checksum;
 pub mod connector;
 pub mod error;
 pub mod hash;
@@ -18,7 +19,9 @@ pub mod report;
 pub mod retry;
 pub mod sink;
 
-pub use connector::{ByteStream, Connector, Listing, ListingStream, SourceInfo};
+pub use connector::{
+    ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};
 pub use item::{ChecksumAlgorithm, Item, ItemKind, SourceChecksum, SourceRef};

@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::{ByteStream, Connector, Listing};
+use crate::checksum::ChecksumSet;
+use crate::connector::{ByteStream, Connector, Listing, Opened};
 use crate::error::{Error, Result};
 use crate::hash::MultiHasher;
 use crate::item::{Item, ItemKind};
@@ -284,45 +285,85 @@ impl Transfer {
 
     async fn attempt(
         &self,
-        item: &Item,
+        listed: &Item,
         path: &str,
         stage: &mut &'static str,
     ) -> Result<StoredItem> {
+        *stage = "download";
+        let Opened {
+            bytes: mut stream,
+            update,
+        } = self.connector.open(listed, 0).await?;
+        // What opening told (content type, metadata, checksums stated only on a GET) joins
+        // what the listing said. Most sources add nothing; then the listed item is used as is.
+        let updated;
+        let item = if update.size.is_none()
+            && update.media_type.is_none()
+            && update.extra.is_empty()
+            && update.source_checksums.is_empty()
+        {
+            listed
+        } else {
+            let mut copy = listed.clone();
+            update.apply(&mut copy);
+            updated = copy;
+            &updated
+        };
+        if item.size.is_none_or(|size| size > READ_AHEAD_MIN) {
+            stream = read_ahead(stream, READ_AHEAD_CHUNKS);
+        }
         let sink_algorithms = self.sink.digest_algorithms();
+        let mut checksums = ChecksumSet::new(&item.source_checksums);
         let mut hasher = MultiHasher::new(
             sink_algorithms
                 .iter()
                 .copied()
-                .chain(item.source_checksums.iter().map(|c| c.algorithm.digest())),
+                .chain(checksums.shared_digests()),
         );
-        *stage = "download";
-        let mut stream = self.connector.open(item, 0).await?;
-        if item.size.is_none_or(|size| size > READ_AHEAD_MIN) {
-            stream = read_ahead(stream, READ_AHEAD_CHUNKS);
-        }
         *stage = "write";
         let mut writer = self.sink.create(item, path).await?;
+        let policy = self.options.retry;
+        let mut resumes = 0;
         loop {
             *stage = "download";
             let next = match tokio::time::timeout(self.options.idle_timeout, stream.next()).await {
                 Ok(next) => next,
-                Err(_) => {
-                    writer.abort().await;
-                    return Err(Error::transient(format!(
-                        "no data for {} s; the transfer stalled",
-                        self.options.idle_timeout.as_secs()
-                    )));
-                }
+                Err(_) => Some(Err(Error::transient(format!(
+                    "no data for {} s; the transfer stalled",
+                    self.options.idle_timeout.as_secs()
+                )))),
             };
             let chunk = match next {
                 None => break,
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
+                    // A transfer that broke off goes on where it stopped, when the source can
+                    // start at an offset: what was received is kept, hashed and written.
+                    let received = hasher.len();
+                    let resumable = e.is_transient() && received > 0 && self.connector.resumable();
+                    if resumable && policy.should_retry(&e, resumes + 1) {
+                        resumes += 1;
+                        let delay = policy.delay(resumes, e.retry_after());
+                        tracing::debug!(item = %item.display_name(), error = %e, received, "resuming by range");
+                        self.progress.retrying(item, &e, delay);
+                        tokio::time::sleep(delay).await;
+                        match self.connector.open(item, received).await {
+                            Ok(opened) => {
+                                stream = opened.bytes;
+                                continue;
+                            }
+                            Err(e) => {
+                                writer.abort().await;
+                                return Err(e);
+                            }
+                        }
+                    }
                     writer.abort().await;
                     return Err(e);
                 }
             };
             hasher.update(&chunk);
+            checksums.update(&chunk);
             self.progress.bytes(chunk.len() as u64);
             *stage = "write";
             if let Err(e) = writer.write(chunk).await {
@@ -351,21 +392,17 @@ impl Transfer {
         }
         let mut digests = hasher.finish();
         let mut checks = Vec::with_capacity(item.source_checksums.len());
-        for stated in &item.source_checksums {
-            let actual = digests
-                .get(&stated.algorithm.digest())
-                .cloned()
-                .unwrap_or_default();
-            if !actual.eq_ignore_ascii_case(&stated.value) {
+        for (stated, computed) in checksums.finish(&digests) {
+            if !computed.eq_ignore_ascii_case(&stated.value) {
                 writer.abort().await;
                 return Err(Error::transient(format!(
                     "checksum mismatch: the source states {:?} {}, the bytes received have {}",
-                    stated.algorithm, stated.value, actual
+                    stated.algorithm, stated.value, computed
                 )));
             }
             checks.push(ChecksumCheck {
                 algorithm: stated.algorithm,
-                value: stated.value.clone(),
+                value: stated.value,
                 verified: true,
             });
         }
@@ -411,11 +448,14 @@ mod tests {
         Corrupt,
         Permanent,
         Fatal,
+        /// The first attempt breaks off after the first chunk; later opens honour the offset.
+        BreakOnce,
     }
 
     struct TestConnector {
         items: Vec<(Item, Vec<u8>, Script)>,
         attempts: Mutex<HashMap<String, u32>>,
+        offsets: Mutex<Vec<u64>>,
     }
 
     fn item(id: &str, data: &[u8], md5: Option<&str>) -> Item {
@@ -433,10 +473,8 @@ mod tests {
         );
         it.size = Some(data.len() as u64);
         if let Some(v) = md5 {
-            it.source_checksums.push(SourceChecksum {
-                algorithm: ChecksumAlgorithm::Md5,
-                value: v.into(),
-            });
+            it.source_checksums
+                .push(SourceChecksum::new(ChecksumAlgorithm::Md5, v));
         }
         it
     }
@@ -465,7 +503,10 @@ mod tests {
             )
             .boxed()
         }
-        async fn open(&self, item: &Item, _offset: u64) -> Result<ByteStream> {
+        fn resumable(&self) -> bool {
+            true
+        }
+        async fn open(&self, item: &Item, offset: u64) -> Result<Opened> {
             let (_, data, script) = self
                 .items
                 .iter()
@@ -489,6 +530,15 @@ mod tests {
                 Script::Corrupt => data.iter().map(|b| b ^ 1).collect(),
                 Script::Permanent => return Err(Error::permanent("404 Not Found")),
                 Script::Fatal => return Err(Error::fatal("401 bad credentials")),
+                Script::BreakOnce if attempt == 1 => {
+                    let first = Bytes::copy_from_slice(&data[..data.len() / 3]);
+                    let chunks = vec![Ok(first), Err(Error::transient("connection reset by peer"))];
+                    return Ok(Opened::bytes(futures::stream::iter(chunks).boxed()));
+                }
+                Script::BreakOnce => {
+                    self.offsets.lock().unwrap().push(offset);
+                    data[offset as usize..].to_vec()
+                }
             };
             // Two chunks, so writers see more than one write.
             let mid = bytes.len() / 2;
@@ -496,7 +546,7 @@ mod tests {
                 Ok(Bytes::copy_from_slice(&bytes[..mid])),
                 Ok(Bytes::copy_from_slice(&bytes[mid..])),
             ];
-            Ok(futures::stream::iter(chunks).boxed())
+            Ok(Opened::bytes(futures::stream::iter(chunks).boxed()))
         }
     }
 
@@ -585,6 +635,7 @@ mod tests {
         let connector = Arc::new(TestConnector {
             items,
             attempts: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(Vec::new()),
         });
         let sink = Arc::new(TestSink::default());
         let (report, fatal) = Pipeline::new(options)
@@ -734,6 +785,7 @@ mod tests {
         let connector = Arc::new(TestConnector {
             items,
             attempts: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(Vec::new()),
         });
         let sink = Arc::new(TestSink::default());
         let cancel = CancellationToken::new();
@@ -757,5 +809,46 @@ mod tests {
         .expect("cancel ends the run promptly");
         assert!(fatal.is_none());
         assert_eq!(report.stopped.as_deref(), Some("interrupted"));
+    }
+
+    #[tokio::test]
+    async fn a_broken_transfer_resumes_by_range() {
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+        let items = vec![(
+            item("big", &data, Some(&md5_hex(&data))),
+            data.clone(),
+            Script::BreakOnce,
+        )];
+        let connector = Arc::new(TestConnector {
+            items,
+            attempts: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(Vec::new()),
+        });
+        let sink = Arc::new(TestSink::default());
+        let (report, fatal) = Pipeline::new(fast_retries(3))
+            .run(
+                connector.clone(),
+                Arc::new(SinkHandle(sink.clone())),
+                Arc::new(NoProgress),
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(fatal.is_none());
+        assert_eq!(report.archived_items, 1, "{:?}", report.failures);
+        assert_eq!(
+            sink.stored.lock().unwrap()["big"].0,
+            data,
+            "the resumed bytes join the first ones"
+        );
+        assert_eq!(
+            *connector.offsets.lock().unwrap(),
+            vec![10_000],
+            "reopened where it broke off"
+        );
+        assert_eq!(
+            sink.aborted.load(Ordering::SeqCst),
+            0,
+            "nothing was thrown away"
+        );
     }
 }
