@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: run the real `ferry` binary, build hostile source trees,
 //! call the reference validator bagit-python, measure a child's peak memory.
 
+pub mod s3;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -90,35 +92,53 @@ where
     )
 }
 
-/// Runs `ferry args…` and returns its exit code and peak resident memory in KiB (from
-/// `wait4`'s rusage, so it measures the child alone). Output goes to files in `log_dir`.
+/// Runs `ferry args…` and returns its exit code and peak resident memory in KiB. Output goes to
+/// files in `log_dir`.
+///
+/// The peak is the kernel's high-water mark of the child's own address space (`VmHWM`), read
+/// while it runs. Not `wait4`'s `ru_maxrss`: Linux carries the parent's resident size across
+/// the exec into that figure, so a test process that runs a server in-process would be
+/// measured instead of ferry.
 pub fn ferry_peak_rss<I, S>(args: I, log_dir: &Path) -> (i32, u64)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    ferry_peak_rss_env(args, log_dir, &[])
+}
+
+/// [`ferry_peak_rss`] with extra environment variables.
+pub fn ferry_peak_rss_env<I, S>(args: I, log_dir: &Path, env: &[(String, String)]) -> (i32, u64)
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let out = std::fs::File::create(log_dir.join("stdout")).unwrap();
     let err = std::fs::File::create(log_dir.join("stderr")).unwrap();
-    let child = Command::new(ferry_bin())
-        .args(args)
-        .stdout(out)
-        .stderr(err)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn ferry");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(rc, pid, "wait4 failed");
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (code, usage.ru_maxrss as u64)
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args).stdout(out).stderr(err).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn ferry");
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        // VmHWM only grows, so the last reading before the exit is (nearly) the peak.
+        if let Ok(text) = std::fs::read_to_string(&status_path) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait for ferry") {
+            return (status.code().unwrap_or(-1), peak);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The reference validator, `bagit.py` (bagit-python 1.9). `None` when it is not installed,
@@ -334,4 +354,23 @@ pub fn export(src: &Path, to: &Path, extra: &[&str]) -> Run {
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     ferry(&args)
+}
+
+/// Runs `ferry args…` with extra environment variables (and without the caller's AWS ones).
+pub fn ferry_env<I, S>(args: I, env: &[(String, String)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args).env_remove("FERRY_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    to_run(cmd.output().expect("run ferry"))
 }

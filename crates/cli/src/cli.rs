@@ -66,7 +66,8 @@ pub enum Command {
 /// `ferry export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// What to export: `fs:/path/to/folder` (a plain path works too).
+    /// What to export: `fs:/path/to/folder` (a plain path works too), `s3://BUCKET[/PREFIX]`,
+    /// or `s3://` for every bucket the credentials can list.
     pub source: String,
     /// The new bag: a folder, or a `.zip` file. Must not exist yet, unless it is an interrupted
     /// export of the same source, which is then resumed.
@@ -96,7 +97,56 @@ pub struct ExportArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub s3: S3Args,
+    #[command(flatten)]
     pub bag_info: BagInfoArgs,
+}
+
+/// Options of `s3://` sources.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "S3 sources (s3://BUCKET[/PREFIX], or s3:// for every bucket)")]
+pub struct S3Args {
+    /// The S3 endpoint, for anything but AWS (Ceph, MinIO, Garage, …); AWS_ENDPOINT_URL works too.
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// The region (else AWS_REGION or the profile's; us-east-1 as a last resort).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// A profile from ~/.aws/config and ~/.aws/credentials (else AWS_PROFILE or "default").
+    /// Credentials otherwise come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, web identity,
+    /// or container/instance metadata.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// How buckets are addressed: `path` (https://host/bucket/key; the default with
+    /// --endpoint-url) or `virtual` (https://bucket.host/key; the default for AWS).
+    #[arg(long, value_name = "STYLE", value_parser = ["path", "virtual"])]
+    pub addressing: Option<String>,
+    /// Send unsigned requests, for public buckets.
+    #[arg(long)]
+    pub no_sign_request: bool,
+    /// Only keys matching this glob, relative to the prefix (`*` also matches `/`); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out keys matching this glob, relative to the prefix; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Export every version and delete marker (older versions sit beside the current one,
+    /// named `NAME@<time>~<version id>`).
+    #[arg(long)]
+    pub versions: bool,
+    /// Record each object's tags (one more request per object).
+    #[arg(long)]
+    pub tags: bool,
+    /// Objects over twice this size are fetched as parallel ranged GETs of this size (e.g. 8MiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = parse_size)]
+    pub part_size: u64,
+    /// Ranged GETs in flight at once, over all transfers. Memory grows with this × --part-size
+    /// (two to three times that, measured); the defaults keep a run near 50 MiB.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel_parts: usize,
+    /// Keys per listing request (the server's default when not given).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
 }
 
 /// bag-info.txt labels.
@@ -188,4 +238,26 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((label.to_string(), value.trim().to_string()))
+}
+
+/// Parses sizes like `8MiB`, `16M`, `1GiB`, `4096`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 8MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let size = n.checked_mul(mult).ok_or("size too large")?;
+    if size < 1 << 20 {
+        return Err("parts must be at least 1MiB".into());
+    }
+    Ok(size)
 }

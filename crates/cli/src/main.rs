@@ -18,6 +18,16 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Large transfer buffers (ranged parts of several MiB) go straight to mmap and back to the
+    // system when freed. glibc otherwise raises its mmap threshold after the first free and
+    // keeps such buffers in per-thread arenas, so resident memory grows with every thread
+    // that ever held one — not with what is in use.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
     let cli = Cli::parse();
     progress::init_logging(cli.quiet, cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use ferry_core::Connector;
 use ferry_fs::{FsConnector, FsOptions};
+use ferry_s3::{S3Connector, S3Location, S3Options};
 
 use crate::cli::ExportArgs;
 
@@ -18,8 +19,11 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         }
         return fs_connector(Path::new(path), args);
     }
+    if source.starts_with("s3://") {
+        return s3_connector(args);
+    }
     if let Some((scheme, _)) = source.split_once(':') {
-        let known_later = ["s3", "m365", "google", "imap"];
+        let known_later = ["m365", "google", "imap"];
         if known_later.contains(&scheme.to_ascii_lowercase().as_str()) {
             bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders)");
         }
@@ -31,6 +35,30 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         }
     }
     fs_connector(Path::new(source), args)
+}
+
+/// An S3 connector from the `--endpoint-url`, `--region`, … options.
+fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+    let s3 = &args.s3;
+    let options = S3Options {
+        endpoint_url: s3.endpoint_url.clone(),
+        region: s3.region.clone(),
+        profile: s3.profile.clone(),
+        path_style: s3.addressing.as_deref().map(|a| a == "path"),
+        no_sign_request: s3.no_sign_request,
+        include: s3.include.clone(),
+        exclude: s3.exclude.clone(),
+        versions: s3.versions,
+        tags: s3.tags,
+        part_size: s3.part_size,
+        parallel_parts: s3.parallel_parts.max(1),
+        page_size: s3.page_size,
+        retry: crate::commands::export::retry_policy(args),
+    };
+    Ok(Arc::new(S3Connector::new(
+        S3Location::parse(&args.source)?,
+        options,
+    )?))
 }
 
 /// A folder connector, after making sure the bag will not be written inside the folder it

@@ -118,6 +118,14 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     }
 }
 
+/// The retry policy of a run, shared by the pipeline and the connectors.
+pub fn retry_policy(args: &ExportArgs) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: args.retries + 1,
+        ..RetryPolicy::default()
+    }
+}
+
 /// Runs the export; returns the exit code.
 pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
     let started = Instant::now();
@@ -164,10 +172,7 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
     };
     let pipeline = Pipeline::new(PipelineOptions {
         concurrency: args.concurrency as usize,
-        retry: RetryPolicy {
-            max_attempts: args.retries + 1,
-            ..RetryPolicy::default()
-        },
+        retry: retry_policy(args),
         ..PipelineOptions::default()
     });
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());

@@ -1,0 +1,91 @@
+//! Local stand-ins for the services ferry reads, on 127.0.0.1.
+//!
+//! [`S3Server`] serves a folder as an S3-compatible store with
+//! [s3s-fs](https://crates.io/crates/s3s-fs) (the `s3s` crate's sample backend: a real S3 REST
+//! implementation — SigV4 authentication, XML listings with paging, ranged GETs, multipart
+//! uploads, checksums — over files). Buckets are folders under the root and objects are files,
+//! so it cannot hold keys that a filesystem cannot (`x` and `x/y` both); tests that need those
+//! use an independent server process as well.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::net::TcpListener;
+
+/// The access key the sandbox S3 server accepts.
+pub const S3_ACCESS_KEY: &str = "FERRYSANDBOXKEY";
+/// The secret key the sandbox S3 server accepts (a test value, not a secret).
+pub const S3_SECRET_KEY: &str = "ferry-sandbox-secret-key-not-a-secret";
+
+/// An S3-compatible server on 127.0.0.1, serving a folder, until dropped.
+pub struct S3Server {
+    addr: SocketAddr,
+    root: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    /// Starts serving `root` (created if missing; each subfolder is a bucket) on a free port,
+    /// on the current tokio runtime.
+    pub async fn start(root: &Path) -> io::Result<S3Server> {
+        std::fs::create_dir_all(root)?;
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let service = {
+            let mut b = S3ServiceBuilder::new(fs);
+            b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
+            b.build()
+        };
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let conn = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        Ok(S3Server {
+            addr,
+            root: root.to_path_buf(),
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The folder served.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a bucket (a folder) directly.
+    pub fn create_bucket(&self, name: &str) -> io::Result<()> {
+        std::fs::create_dir_all(self.root.join(name))
+    }
+
+    /// The file that holds an object, for tests that change bytes behind the server's back.
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(bucket).join(key)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
