@@ -23,6 +23,7 @@ pub mod location;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType, EncodingType, ServerSideEncryption};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -564,8 +565,11 @@ impl Inner {
         }
     }
 
-    /// The size of every part but the last of a multipart object, if the store tells it
-    /// (HEAD with `partNumber=1`, which AWS, Ceph, MinIO and Garage answer).
+    /// The size of every part but the last of a multipart object, if the store tells it: HEAD
+    /// with `partNumber` (AWS, Ceph, MinIO, Garage and moto answer it) for the first and the
+    /// last part. Parts are taken to be equal but the last, as every common uploader makes
+    /// them; the last part's size must agree, else the layout is called unknown.
+    #[allow(clippy::too_many_arguments)]
     async fn part_size(
         &self,
         built: &client::Built,
@@ -574,22 +578,49 @@ impl Inner {
         version: Option<&str>,
         etag: &str,
         parts: u64,
+        total: u64,
     ) -> Option<u64> {
-        let out = built
-            .client
-            .head_object()
-            .bucket(bucket)
-            .key(key)
-            .set_version_id(version.map(str::to_string))
-            .part_number(1)
-            .if_match(quoted(etag))
-            .send()
-            .await
-            .ok()?;
-        let size = out.content_length()? as u64;
-        // A server that ignores partNumber answers with the whole object and no parts count.
-        let count = out.parts_count()? as u64;
-        (count == parts && size > 0).then_some(size)
+        let head = |n: i32| {
+            built
+                .client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(version.map(str::to_string))
+                .part_number(n)
+                .send()
+        };
+        let first = match head(1).await {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::debug!("HEAD partNumber=1 of {key}: {}", DisplayErrorContext(&e));
+                return None;
+            }
+        };
+        // No If-Match here: some stores compare it with the part's own ETag. A part HEAD that
+        // belongs to another version of the object fails the final check anyway.
+        if first.e_tag().is_some_and(|e| unquote(e) == unquote(etag)) && parts > 1 {
+            // The whole object came back: partNumber was ignored.
+            return None;
+        }
+        let part = first.content_length()? as u64;
+        if let Some(count) = first.parts_count() {
+            if count as u64 != parts {
+                return None;
+            }
+        }
+        // A server that ignores partNumber answers with the whole object.
+        if part == 0 || (parts > 1 && part >= total) || part.checked_mul(parts - 1)? >= total {
+            return None;
+        }
+        let last_expected = total - part * (parts - 1);
+        if parts > 1 {
+            let last = head(i32::try_from(parts).ok()?).await.ok()?;
+            if last.content_length()? as u64 != last_expected || last_expected > part {
+                return None;
+            }
+        }
+        Some(part)
     }
 
     /// What a GET or HEAD says about the object: metadata, and which checksums can be checked.
@@ -674,7 +705,8 @@ impl Inner {
                     .push(SourceChecksum::new(ChecksumAlgorithm::Md5, lower.clone()));
                 check_note = Some("md5".into());
             } else if let Some(parts) = multipart {
-                match self.part_size(built, bucket, &item.source.id, item.source.version.as_deref(), etag, parts).await {
+                let total = h.size.or(item.size).unwrap_or(0);
+                match self.part_size(built, bucket, &item.source.id, item.source.version.as_deref(), etag, parts, total).await {
                     Some(part) => {
                         update.source_checksums.push(SourceChecksum::over_parts(ChecksumAlgorithm::Md5, lower.clone(), part));
                         check_note = Some(format!("multipart md5 ({parts} parts of {part} bytes)"));
