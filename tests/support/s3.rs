@@ -203,7 +203,8 @@ impl S3Fixture {
                         .build(),
                 );
             }
-            self.client
+            let done = self
+                .client
                 .complete_multipart_upload()
                 .bucket(bucket)
                 .key(key)
@@ -214,19 +215,13 @@ impl S3Fixture {
                         .build(),
                 )
                 .send()
-                .await
-                .map(|_| ())
-                .or_else(|e| match &e {
-                    // moto answers with <CompleteMultipartUploadResponse> instead of
-                    // <CompleteMultipartUploadResult>; the upload is complete (200) all the same.
-                    aws_sdk_s3::error::SdkError::ServiceError(se)
-                        if se.raw().status().as_u16() == 200 =>
-                    {
-                        Ok(())
-                    }
-                    _ => Err(e),
-                })
-                .unwrap();
+                .await;
+            if let Err(e) = done {
+                // moto answers with <CompleteMultipartUploadResponse> instead of
+                // <CompleteMultipartUploadResult>; the upload is complete (200) all the same.
+                let completed = matches!(&e, aws_sdk_s3::error::SdkError::ServiceError(se) if se.raw().status().as_u16() == 200);
+                assert!(completed, "complete multipart upload of {key}: {e:?}");
+            }
         });
     }
 
