@@ -68,7 +68,7 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
 
     let run = ferry([
         "export",
-        "s3://bucket",
+        "m365:contoso.onmicrosoft.com",
         "--to",
         tmp.path().join("bag").to_str().unwrap(),
     ]);
@@ -223,7 +223,20 @@ fn the_demo_builds_exports_and_verifies() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let folder = entries.iter().find(|p| p.is_dir()).expect("a folder bag");
+    let folder = entries
+        .iter()
+        .find(|p| p.is_dir() && !p.to_string_lossy().ends_with("-s3"))
+        .expect("a folder bag");
+    let s3_bag = entries
+        .iter()
+        .find(|p| p.is_dir() && p.to_string_lossy().ends_with("-s3"))
+        .expect("a bag of the sample bucket");
+    assert_bagit_py_valid(s3_bag);
+    let s3_items = items(s3_bag);
+    assert_eq!(s3_items.len(), 5);
+    assert!(s3_items
+        .iter()
+        .all(|r| r["source"]["system"] == "s3" && r["extra"]["etag_check"] == "md5"));
     let zip = entries
         .iter()
         .find(|p| p.extension().is_some_and(|e| e == "zip"))

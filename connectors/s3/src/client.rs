@@ -53,6 +53,14 @@ pub(crate) async fn build(options: &S3Options) -> Built {
     }
     if options.no_sign_request {
         loader = loader.no_credentials();
+    } else if let Some((access, secret)) = &options.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            access,
+            secret,
+            None,
+            None,
+            "ferry-static",
+        ));
     }
     let sdk = loader.load().await;
     let custom_endpoint = sdk.endpoint_url().map(str::to_string);

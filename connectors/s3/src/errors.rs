@@ -44,9 +44,9 @@ where
         }
         SdkError::DispatchFailure(d) => {
             if lower.contains("credential") {
+                tracing::debug!("credential lookup failed: {full}");
                 return Error::fatal(format!(
-                    "{what}: no usable AWS credentials ({}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a --profile, or use --no-sign-request for a public bucket",
-                    first_line(&full)
+                    "{what}: no AWS credentials found (environment, shared config and credentials files, web identity, instance metadata); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a --profile, or use --no-sign-request for a public bucket"
                 ));
             }
             if lower.contains("certificate")

@@ -69,6 +69,10 @@ pub struct S3Options {
     pub page_size: Option<i32>,
     /// How listing requests are retried (object transfers are retried by the pipeline).
     pub retry: RetryPolicy,
+    /// Fixed credentials (access key, secret key) instead of the standard chain: for the
+    /// sandbox and tests. Users' credentials come from the environment, profiles or roles,
+    /// never from the command line.
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl Default for S3Options {
@@ -87,6 +91,7 @@ impl Default for S3Options {
             parallel_parts: 4,
             page_size: None,
             retry: RetryPolicy::default(),
+            static_credentials: None,
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum Command {
     Ls(LsArgs),
     /// Build a small sample folder (with hostile names), export it, verify it and explain.
     Demo(DemoArgs),
+    /// Serve local stand-ins for the clouds, to try ferry or benchmark it without an account.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
 }
 
 /// `ferry export`.
@@ -206,6 +209,24 @@ pub struct LsArgs {
     /// List the failures (ferry/failures.jsonl) instead of the items.
     #[arg(long)]
     pub failures: bool,
+}
+
+/// `ferry sandbox …`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Serve a folder as an S3-compatible store on 127.0.0.1 (each subfolder is a bucket)
+    /// until Ctrl-C; prints the endpoint and the credentials it accepts.
+    S3(SandboxS3Args),
+}
+
+/// `ferry sandbox s3`.
+#[derive(Debug, Args)]
+pub struct SandboxS3Args {
+    /// The folder to serve (created if missing).
+    pub root: PathBuf,
+    /// The port (default: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
 }
 
 /// `ferry demo`.

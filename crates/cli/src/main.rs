@@ -51,6 +51,7 @@ fn main() {
                 Command::Verify(args) => commands::verify::run(&cli, args).await,
                 Command::Ls(args) => commands::ls::run(&cli, args),
                 Command::Demo(args) => commands::demo::run(&cli, args).await,
+                Command::Sandbox(cmd) => commands::sandbox::run(&cli, cmd).await,
             }
         });
         task.await

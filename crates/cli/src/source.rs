@@ -54,6 +54,7 @@ fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         parallel_parts: s3.parallel_parts.max(1),
         page_size: s3.page_size,
         retry: crate::commands::export::retry_policy(args),
+        static_credentials: None,
     };
     Ok(Arc::new(S3Connector::new(
         S3Location::parse(&args.source)?,

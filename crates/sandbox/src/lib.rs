@@ -33,6 +33,11 @@ impl S3Server {
     /// Starts serving `root` (created if missing; each subfolder is a bucket) on a free port,
     /// on the current tokio runtime.
     pub async fn start(root: &Path) -> io::Result<S3Server> {
+        Self::start_on(root, 0).await
+    }
+
+    /// Like [`S3Server::start`], on a given port (0: a free one).
+    pub async fn start_on(root: &Path, port: u16) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
         let service = {
@@ -40,7 +45,7 @@ impl S3Server {
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
             b.build()
         };
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let http = ConnBuilder::new(TokioExecutor::new());
@@ -71,6 +76,11 @@ impl S3Server {
     /// The folder served.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Waits until the server stops (it runs until dropped or the process ends).
+    pub async fn serve_forever(&mut self) {
+        let _ = (&mut self.task).await;
     }
 
     /// Creates a bucket (a folder) directly.

@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use ferry_archive::reader::BagReader;
 use ferry_archive::verify::{verify, Status, VerifyOptions};
 use ferry_archive::writer::{BagOptions, BagTarget, BagWriter};
-use ferry_core::{DigestAlgorithm, NoProgress, Pipeline, PipelineOptions, Sink};
+use ferry_core::{Connector, DigestAlgorithm, NoProgress, Pipeline, PipelineOptions, Sink};
 use ferry_fs::{FsConnector, FsOptions};
+use ferry_s3::{S3Connector, S3Location, S3Options};
+use ferry_sandbox::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
@@ -91,7 +93,13 @@ fn build_sample(root: &Path) -> Result<usize> {
 }
 
 async fn export(src: &Path, to: PathBuf) -> Result<ferry_archive::writer::BagSummary> {
-    let connector = Arc::new(FsConnector::new(src, FsOptions::default()));
+    export_from(Arc::new(FsConnector::new(src, FsOptions::default())), to).await
+}
+
+async fn export_from(
+    connector: Arc<dyn Connector>,
+    to: PathBuf,
+) -> Result<ferry_archive::writer::BagSummary> {
     let options = BagOptions {
         digests: vec![DigestAlgorithm::Sha256, DigestAlgorithm::Sha512],
         bag_info: vec![
@@ -103,11 +111,7 @@ async fn export(src: &Path, to: PathBuf) -> Result<ferry_archive::writer::BagSum
         ],
         ..BagOptions::default()
     };
-    let (writer, _) = BagWriter::open(
-        BagTarget::from_path(&to),
-        vec![ferry_core::Connector::info(connector.as_ref())],
-        options,
-    )?;
+    let (writer, _) = BagWriter::open(BagTarget::from_path(&to), vec![connector.info()], options)?;
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());
     let (report, fatal) = Pipeline::new(PipelineOptions::default())
         .run(
@@ -195,6 +199,35 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
             }
         }
     }
+    // The same from an S3 bucket, served by the sandbox on 127.0.0.1.
+    let s3_root = sample.join("s3");
+    let objects = seed_bucket(&s3_root.join("arkiv"))?;
+    let server = S3Server::start(&s3_root)
+        .await
+        .context("starting the sandbox S3 server")?;
+    let options = S3Options {
+        endpoint_url: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some((S3_ACCESS_KEY.into(), S3_SECRET_KEY.into())),
+        ..S3Options::default()
+    };
+    let connector = Arc::new(S3Connector::new(S3Location::parse("s3://arkiv")?, options)?);
+    let s3_bag = args.dir.join(format!("{name}-s3"));
+    let bag = export_from(connector, s3_bag.clone()).await?;
+    let report = tokio::task::spawn_blocking({
+        let path = s3_bag.clone();
+        move || verify(&path, &VerifyOptions::default())
+    })
+    .await??;
+    all_valid &= report.status == Status::Valid;
+    println!(
+        "5. Exported s3://arkiv ({objects} objects) from an S3 server on {} to {}: {} payload files, every one checked against its ETag; {}",
+        server.endpoint(),
+        s3_bag.display(),
+        bag.payload_files,
+        report.status
+    );
+    drop(server);
     let _ = std::fs::remove_dir_all(&sample);
     println!();
     println!("Try next:");
@@ -211,7 +244,36 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
         folder.display()
     );
     println!("  ferry export fs:/your/folder --to /backups/your-folder.zip");
+    println!("  ferry sandbox s3 /tmp/s3-root                 # a local S3 store to try s3:// exports against");
     Ok(if all_valid { exit::OK } else { exit::PROBLEMS })
+}
+
+/// A sample bucket: objects are files under the bucket folder (the sandbox serves them).
+fn seed_bucket(bucket: &Path) -> Result<usize> {
+    let objects: [(&str, &[u8]); 5] = [
+        (
+            "Rapporter/2025/Årsrapport.txt",
+            "Årsrapport 2025\n".as_bytes(),
+        ),
+        (
+            "Rapporter/2025/årsrapport.txt",
+            b"A case twin of the key above.\n",
+        ),
+        (
+            "e-post/2026-11-27 Budsjett.eml",
+            b"From: ola@example.no\r\nSubject: Budsjett\r\n\r\nVedlagt.\r\n",
+        ),
+        ("100% ferdig.txt", b"A key with a percent sign.\n"),
+        ("tom", b""),
+    ];
+    for (key, data) in objects {
+        let path = bucket.join(key);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(objects.len())
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

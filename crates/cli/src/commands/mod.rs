@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod export;
 pub mod ls;
+pub mod sandbox;
 pub mod verify;
 
 /// Exit codes (documented in `ferry --help` and the README).
