@@ -19,6 +19,7 @@
 mod client;
 mod errors;
 pub mod location;
+pub mod store;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ use tokio::sync::{mpsc, OnceCell, Semaphore};
 
 use errors::{classify, Context, Scope};
 pub use location::S3Location;
+pub use store::{ObjectLock, S3Store};
 
 /// Options of the S3 connector.
 #[derive(Debug, Clone)]
@@ -134,7 +136,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// `application/x-www-form-urlencoded` decoding, as S3 applies it with `EncodingType=url`.
-fn url_decode(s: &str) -> String {
+pub(crate) fn url_decode(s: &str) -> String {
     let plus = s.replace('+', " ");
     percent_encoding::percent_decode_str(&plus)
         .decode_utf8_lossy()

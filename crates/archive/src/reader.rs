@@ -35,6 +35,11 @@ pub enum BagLocation {
         /// The bag's folder.
         root: PathBuf,
     },
+    /// A bag stored as objects in an object store (`s3://bucket/prefix`).
+    Store {
+        /// The store's root as a URI.
+        uri: String,
+    },
     /// A serialised bag: a zip that unpacks to one top folder.
     Zip {
         /// The zip file.
@@ -193,6 +198,11 @@ struct FileRec {
 
 enum Backend {
     Folder,
+    /// Objects read through an async store; reads block the calling (non-runtime) thread.
+    Store {
+        store: Arc<dyn ferry_core::ObjectStore>,
+        runtime: tokio::runtime::Handle,
+    },
     Zip {
         file: Arc<File>,
         file_len: u64,
@@ -255,6 +265,44 @@ impl ListingBuilder {
 }
 
 impl BagReader {
+    /// Opens a bag kept in an object store. Must be called outside the async runtime's own
+    /// threads (the listing and every read block on `runtime`).
+    pub fn open_store(
+        store: Arc<dyn ferry_core::ObjectStore>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<BagReader, ReadError> {
+        let uri = store.uri();
+        let objects = runtime
+            .block_on(store.list(""))
+            .map_err(|e| ReadError::Io {
+                path: PathBuf::from(&uri),
+                source: io::Error::other(e.to_string()),
+            })?;
+        if objects.is_empty() {
+            return Err(ReadError::NotFound(PathBuf::from(&uri)));
+        }
+        let mut list = ListingBuilder::default();
+        let mut issues = Vec::new();
+        for o in &objects {
+            if let Some(reason) = unsafe_path_reason(&o.key) {
+                issues.push(ReadIssue {
+                    kind: ReadIssueKind::UnsafeZipEntry,
+                    path: o.key.clone(),
+                    detail: format!("object key {reason}; not read"),
+                });
+                continue;
+            }
+            if let Some((top, _)) = o.key.split_once('/') {
+                list.top_dir(top);
+            }
+            list.push(&o.key, o.size, 0);
+        }
+        let location = BagLocation::Store { uri };
+        Ok(BagReader {
+            inner: Arc::new(list.finish(location, issues, Backend::Store { store, runtime })),
+        })
+    }
+
     /// Opens a bag: a folder, or a `.zip` file (any file that is not a folder is read as a zip).
     ///
     /// The folder need not be a valid bag (it may lack `bagit.txt`); the verifier reports that.
@@ -423,7 +471,17 @@ impl BagReader {
                     Ok(Box::new(CrcReader::new(raw, entry.crc32, rec.size)))
                 }
             }
-            (Backend::Folder, BagLocation::Zip { .. }) => {
+            (Backend::Store { store, runtime }, _) => {
+                let stream = runtime
+                    .block_on(store.read(self.path(id), 0))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                Ok(Box::new(StoreRead {
+                    stream,
+                    runtime: runtime.clone(),
+                    current: bytes::Bytes::new(),
+                }))
+            }
+            (Backend::Folder, _) => {
                 unreachable!("folder backend is only built for folder bags")
             }
         }
@@ -1058,6 +1116,30 @@ impl<R: Read> Read for CrcReader<R> {
         }
         self.hasher.update(&buf[..n]);
         self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// A blocking reader over an object's byte stream.
+struct StoreRead {
+    stream: ferry_core::ByteStream,
+    runtime: tokio::runtime::Handle,
+    current: bytes::Bytes,
+}
+
+impl Read for StoreRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use futures::StreamExt;
+        while self.current.is_empty() {
+            match self.runtime.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
         Ok(n)
     }
 }

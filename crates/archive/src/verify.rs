@@ -397,6 +397,16 @@ pub fn verify(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, Veri
     Ok(v.finish(path, started))
 }
 
+/// Verifies a bag that is already open, e.g. one in an object store
+/// ([`BagReader::open_store`]). `label` names it in the report. Must run outside the async
+/// runtime's threads when the reader reads through one.
+pub fn verify_reader(reader: &BagReader, label: &Path, options: &VerifyOptions) -> VerifyReport {
+    let started = Instant::now();
+    let mut v = Verifier::new(reader, options);
+    v.run();
+    v.finish(label, started)
+}
+
 /// `X.zip` that does not exist while `X.zip.partial` does, or `X.zip.partial` itself: ferry's
 /// zip writer has not finished. Reported as incomplete rather than as a missing file.
 fn partial_zip(path: &Path, options: &VerifyOptions) -> Option<VerifyReport> {
@@ -957,6 +967,7 @@ impl<'r> Verifier<'r> {
             storage: match self.reader.location() {
                 BagLocation::Folder { .. } => "folder",
                 BagLocation::Zip { .. } => "zip",
+                BagLocation::Store { .. } => "object store",
             },
             mode: self.options.mode,
             bagit_version: self.bagit_version,

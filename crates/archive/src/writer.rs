@@ -37,6 +37,7 @@ use ferry_core::{
     DigestAlgorithm, Digests, Error, Failure, Item, ItemWriter, MultiHasher, Result, RunReport,
     Sink, SourceInfo, SourceRef, StoredItem,
 };
+use ferry_core::{ObjectStore, ObjectWriter};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use time::OffsetDateTime;
@@ -59,12 +60,26 @@ pub const ZIP_WORK_SUFFIX: &str = ".ferry-partial";
 pub const PROFILE_IDENTIFIER: &str = "https://ferry.invalid/profiles/ferry-bag-v1.json";
 
 /// Where a bag goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum BagTarget {
     /// A folder (the bag's root).
     Folder(PathBuf),
     /// A zip file holding one top folder named like the file.
     Zip(PathBuf),
+    /// Objects in an object store (`s3://bucket/prefix`: the prefix is the bag's root). The
+    /// journal that makes a rerun resume lives in the local folder `work`.
+    Store {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// A local work folder for this bag.
+        work: PathBuf,
+    },
+}
+
+impl std::fmt::Debug for BagTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl BagTarget {
@@ -80,10 +95,19 @@ impl BagTarget {
         }
     }
 
-    /// The final path of the bag.
+    /// The bag's final path on disk (for a store, its work folder).
     pub fn path(&self) -> &Path {
         match self {
             BagTarget::Folder(p) | BagTarget::Zip(p) => p,
+            BagTarget::Store { work, .. } => work,
+        }
+    }
+
+    /// Where the bag is, for people: a path or a URI.
+    pub fn describe(&self) -> String {
+        match self {
+            BagTarget::Folder(p) | BagTarget::Zip(p) => p.display().to_string(),
+            BagTarget::Store { store, .. } => store.uri(),
         }
     }
 
@@ -91,6 +115,7 @@ impl BagTarget {
         match self {
             BagTarget::Folder(p) => p.join(FOLDER_WORK_DIR),
             BagTarget::Zip(p) => with_suffix(p, ZIP_WORK_SUFFIX),
+            BagTarget::Store { work, .. } => work.clone(),
         }
     }
 }
@@ -143,8 +168,8 @@ impl Default for BagOptions {
 /// What a finished bag holds.
 #[derive(Debug, Clone, Serialize)]
 pub struct BagSummary {
-    /// Where it is.
-    pub path: PathBuf,
+    /// Where it is (a path or a URI).
+    pub path: String,
     /// Payload files.
     pub payload_files: u64,
     /// Payload bytes.
@@ -391,6 +416,63 @@ impl BagWriter {
         sources: Vec<SourceInfo>,
         options: BagOptions,
     ) -> Result<(Self, ResumeInfo)> {
+        if matches!(target, BagTarget::Store { .. }) {
+            return Err(Error::fatal(
+                "internal error: bags in an object store are opened with open_store",
+            ));
+        }
+        let (writer, info, _) = Self::open_inner(target, sources, options)?;
+        Ok((writer, info))
+    }
+
+    /// Starts a new bag in an object store, or resumes an interrupted export into it (the
+    /// journal is in the local `work` folder). Refuses a prefix that already holds objects
+    /// unless it is that interrupted export.
+    pub async fn open_store(
+        store: Arc<dyn ObjectStore>,
+        work: PathBuf,
+        sources: Vec<SourceInfo>,
+        options: BagOptions,
+    ) -> Result<(Self, ResumeInfo)> {
+        store.check().await?;
+        let resuming = work.join("state.json").exists();
+        let existing = store.list("").await?;
+        if !resuming && !existing.is_empty() {
+            return Err(Error::fatal(format!(
+                "{} already holds {} objects and is not an interrupted ferry export from this machine; choose a new prefix",
+                store.uri(),
+                existing.len()
+            )));
+        }
+        let target = BagTarget::Store {
+            store: store.clone(),
+            work,
+        };
+        let (writer, info, kept) = Self::open_inner(target, sources, options)?;
+        if !resuming {
+            // bagit.txt first, as in a folder bag: the prefix is recognisably a bag, and one
+            // without manifests yet, i.e. incomplete.
+            let mut upload = store.create("bagit.txt").await?;
+            upload
+                .write(Bytes::from_static(BAGIT_TXT.as_bytes()))
+                .await?;
+            upload.finish().await?;
+        }
+        // Objects stored after the last checkpoint of an interrupted run are not in the journal:
+        // they are deleted and fetched again, like files in a folder bag.
+        for object in existing.iter().filter(|o| o.key.starts_with("data/")) {
+            if !kept.contains(&path_key(&object.key)) {
+                store.delete(&object.key).await?;
+            }
+        }
+        Ok((writer, info))
+    }
+
+    fn open_inner(
+        target: BagTarget,
+        sources: Vec<SourceInfo>,
+        options: BagOptions,
+    ) -> Result<(Self, ResumeInfo, HashSet<u128>)> {
         if options.digests.is_empty() {
             return Err(Error::fatal("at least one digest algorithm is needed"));
         }
@@ -510,6 +592,7 @@ impl BagWriter {
                 }
                 None
             }
+            BagTarget::Store { .. } => None,
         };
         // Clear temporary files of an earlier attempt.
         if let Ok(entries) = fs::read_dir(work.join("tmp")) {
@@ -547,11 +630,13 @@ impl BagWriter {
         // A first checkpoint records the trimmed journal, so a second crash cannot resurrect
         // what this one dropped.
         writer.checkpoint_now_blocking()?;
-        Ok((writer, info))
+        Ok((writer, info, kept_paths))
     }
 
     fn check_fresh(target: &BagTarget) -> Result<()> {
         match target {
+            // Checked against the store's listing by open_store.
+            BagTarget::Store { .. } => {}
             BagTarget::Folder(p) => {
                 if p.exists() {
                     let empty = fs::read_dir(p)
@@ -821,6 +906,13 @@ impl Shared {
                 staging: self.work.join("tags"),
                 written: Vec::new(),
             }),
+            (BagTarget::Store { store: objects, .. }, _) => Box::new(StoreTags {
+                algs: self.options.digests.clone(),
+                store: objects.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                staging: self.work.join("tags"),
+                deferred: Vec::new(),
+            }),
             _ => unreachable!("zip target without a zip builder"),
         };
         let journal_path = self.work.join("journal.jsonl");
@@ -992,9 +1084,13 @@ impl Shared {
                 }
                 fs::remove_dir_all(&self.work).map_err(io_err("removing the work area"))?;
             }
+            BagTarget::Store { .. } => {
+                // The manifests are in the store: the bag is complete. The journal goes.
+                fs::remove_dir_all(&self.work).map_err(io_err("removing the work area"))?;
+            }
         }
         Ok(BagSummary {
-            path: self.target.path().to_path_buf(),
+            path: self.target.describe(),
             payload_files,
             payload_bytes,
             skipped_items,
@@ -1168,6 +1264,130 @@ impl TagTarget for ZipTags<'_> {
     }
 }
 
+/// Tag files of a bag in an object store. Uploaded ones are visible at once, so the payload
+/// and tag manifests are staged locally and uploaded last, at [`TagTarget::commit`]: a bag
+/// without its manifests is incomplete to every validator.
+struct StoreTags {
+    algs: Vec<DigestAlgorithm>,
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Handle,
+    staging: PathBuf,
+    deferred: Vec<(String, PathBuf)>,
+}
+
+/// A `Write` that uploads through an [`ObjectWriter`], blocking on the runtime (the bag is
+/// finished on a blocking thread).
+struct UploadWriter<'a> {
+    runtime: &'a tokio::runtime::Handle,
+    upload: Option<Box<dyn ObjectWriter>>,
+}
+
+impl Write for UploadWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let upload = self.upload.as_mut().expect("open upload");
+        self.runtime
+            .block_on(upload.write(Bytes::copy_from_slice(buf)))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl StoreTags {
+    fn upload_file(&self, name: &str, from: &Path) -> Result<()> {
+        let mut file = File::open(from).map_err(io_err(format!("reading staged {name}")))?;
+        let upload = self.runtime.block_on(self.store.create(name))?;
+        let mut w = BufWriter::with_capacity(
+            4 << 20,
+            UploadWriter {
+                runtime: &self.runtime,
+                upload: Some(upload),
+            },
+        );
+        io::copy(&mut file, &mut w).map_err(io_err(format!("uploading {name}")))?;
+        let inner = w
+            .into_inner()
+            .map_err(|e| io_err(format!("uploading {name}"))(e.into_error()))?;
+        let mut inner = inner;
+        let upload = inner.upload.take().expect("open upload");
+        self.runtime.block_on(upload.finish())
+    }
+}
+
+impl TagTarget for StoreTags {
+    fn write(
+        &mut self,
+        name: &str,
+        fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<Digests> {
+        // Every tag file is staged locally first: hashed there, uploaded from there.
+        fs::create_dir_all(&self.staging).map_err(io_err("writing tag files"))?;
+        let staged = self.staging.join(name.replace('/', "__"));
+        let file = File::create(&staged).map_err(io_err(format!("writing {name}")))?;
+        let mut w = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: MultiHasher::new(self.algs.iter().copied()),
+        };
+        fill(&mut w).map_err(io_err(format!("writing {name}")))?;
+        w.flush().map_err(io_err(format!("writing {name}")))?;
+        let digests = w.hasher.finish();
+        if name.contains("manifest-") {
+            self.deferred.push((name.to_string(), staged));
+        } else {
+            self.upload_file(name, &staged)?;
+        }
+        Ok(digests)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        // Payload manifests were written before tag manifests; keep that order.
+        for (name, staged) in std::mem::take(&mut self.deferred) {
+            self.upload_file(&name, &staged)?;
+        }
+        Ok(())
+    }
+}
+
+/// One item being uploaded into a bag in an object store; it appears when the upload
+/// completes, at commit.
+struct StoreItem {
+    shared: Arc<Shared>,
+    upload: Option<Box<dyn ObjectWriter>>,
+}
+
+#[async_trait]
+impl ItemWriter for StoreItem {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.upload
+            .as_mut()
+            .expect("open upload")
+            .write(chunk)
+            .await
+    }
+
+    async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
+        let upload = self.upload.take().expect("open upload");
+        upload.finish().await?;
+        {
+            let mut places = self.shared.places.lock().expect("places lock");
+            if let Some(old) = places.replacing.remove(&stored.path) {
+                places.superseded.insert(old);
+            }
+        }
+        let line = journal_line(item, &stored);
+        let mut store = self.shared.store.lock().await;
+        self.shared.record_stored(&mut store, &line, stored.size)
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(upload) = self.upload.take() {
+            upload.abort().await;
+        }
+    }
+}
+
 #[async_trait]
 impl Sink for BagWriter {
     fn digest_algorithms(&self) -> Vec<DigestAlgorithm> {
@@ -1238,6 +1458,13 @@ impl Sink for BagWriter {
                     size_hint: item.size,
                     buffer: Vec::new(),
                     streaming: None,
+                }))
+            }
+            BagTarget::Store { store, .. } => {
+                let upload = store.create(path).await?;
+                Ok(Box::new(StoreItem {
+                    shared: self.shared.clone(),
+                    upload: Some(upload),
                 }))
             }
         }

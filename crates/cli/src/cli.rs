@@ -72,10 +72,23 @@ pub struct ExportArgs {
     /// What to export: `fs:/path/to/folder` (a plain path works too), `s3://BUCKET[/PREFIX]`,
     /// or `s3://` for every bucket the credentials can list.
     pub source: String,
-    /// The new bag: a folder, or a `.zip` file. Must not exist yet, unless it is an interrupted
-    /// export of the same source, which is then resumed.
+    /// The new bag: a folder, a `.zip` file, or `s3://BUCKET/PREFIX` (the bag's files become
+    /// objects under the prefix). Must not exist yet, unless it is an interrupted export of the
+    /// same source, which is then resumed.
     #[arg(long, value_name = "PATH")]
     pub to: PathBuf,
+    /// For --to s3://…: set S3 Object Lock retention of this many days on every object (the
+    /// bucket must have Object Lock enabled).
+    #[arg(long, value_name = "DAYS")]
+    pub object_lock_days: Option<u32>,
+    /// For --object-lock-days: `governance` (users with special permission can shorten it) or
+    /// `compliance` (nobody can, not even the account's root user).
+    #[arg(long, value_name = "MODE", value_parser = ["governance", "compliance"], default_value = "governance", requires = "object_lock_days")]
+    pub object_lock_mode: String,
+    /// For --to s3://…: the local folder that holds the journal of the export (so a rerun
+    /// resumes); default: a folder under ~/.cache/ferry/exports.
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
     /// Digest algorithm for the manifests; repeat for several (every manifest lists every file).
     #[arg(long = "digest", value_name = "ALG", default_value = "sha256", value_parser = parse_digest)]
     pub digests: Vec<DigestAlgorithm>,
@@ -105,10 +118,10 @@ pub struct ExportArgs {
     pub bag_info: BagInfoArgs,
 }
 
-/// Options of `s3://` sources.
-#[derive(Debug, Args)]
-#[command(next_help_heading = "S3 sources (s3://BUCKET[/PREFIX], or s3:// for every bucket)")]
-pub struct S3Args {
+/// How to reach an S3-compatible store (sources, destinations, bags to verify).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "S3 connection")]
+pub struct S3ConnectionArgs {
     /// The S3 endpoint, for anything but AWS (Ceph, MinIO, Garage, …); AWS_ENDPOINT_URL works too.
     #[arg(long, value_name = "URL")]
     pub endpoint_url: Option<String>,
@@ -127,6 +140,14 @@ pub struct S3Args {
     /// Send unsigned requests, for public buckets.
     #[arg(long)]
     pub no_sign_request: bool,
+}
+
+/// Options of `s3://` sources.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "S3 sources (s3://BUCKET[/PREFIX], or s3:// for every bucket)")]
+pub struct S3Args {
+    #[command(flatten)]
+    pub conn: S3ConnectionArgs,
     /// Only keys matching this glob, relative to the prefix (`*` also matches `/`); repeatable.
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
@@ -182,7 +203,7 @@ pub struct BagInfoArgs {
 /// `ferry verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bag: a folder or a .zip.
+    /// The bag: a folder, a .zip, or s3://BUCKET/PREFIX.
     pub bag: PathBuf,
     /// Only compare Payload-Oxum (octets and file count) with the payload; no hashing.
     #[arg(long, conflicts_with = "completeness_only")]
@@ -196,6 +217,8 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
 }
 
 /// `ferry ls`.

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use ferry_core::Connector;
+use ferry_core::ObjectStore;
 use ferry_fs::{FsConnector, FsOptions};
-use ferry_s3::{S3Connector, S3Location, S3Options};
+use ferry_s3::{ObjectLock, S3Connector, S3Location, S3Options, S3Store};
 
-use crate::cli::ExportArgs;
+use crate::cli::{ExportArgs, S3ConnectionArgs};
 
 /// The connector for `args.source`.
 pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
@@ -37,15 +38,23 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     fs_connector(Path::new(source), args)
 }
 
+/// S3 options for a connection (no listing options).
+pub fn s3_options(conn: &S3ConnectionArgs, retry: ferry_core::RetryPolicy) -> S3Options {
+    S3Options {
+        endpoint_url: conn.endpoint_url.clone(),
+        region: conn.region.clone(),
+        profile: conn.profile.clone(),
+        path_style: conn.addressing.as_deref().map(|a| a == "path"),
+        no_sign_request: conn.no_sign_request,
+        retry,
+        ..S3Options::default()
+    }
+}
+
 /// An S3 connector from the `--endpoint-url`, `--region`, … options.
 fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     let s3 = &args.s3;
     let options = S3Options {
-        endpoint_url: s3.endpoint_url.clone(),
-        region: s3.region.clone(),
-        profile: s3.profile.clone(),
-        path_style: s3.addressing.as_deref().map(|a| a == "path"),
-        no_sign_request: s3.no_sign_request,
         include: s3.include.clone(),
         exclude: s3.exclude.clone(),
         versions: s3.versions,
@@ -53,8 +62,7 @@ fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         part_size: s3.part_size,
         parallel_parts: s3.parallel_parts.max(1),
         page_size: s3.page_size,
-        retry: crate::commands::export::retry_policy(args),
-        static_credentials: None,
+        ..s3_options(&s3.conn, crate::commands::export::retry_policy(args))
     };
     Ok(Arc::new(S3Connector::new(
         S3Location::parse(&args.source)?,
@@ -62,10 +70,32 @@ fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     )?))
 }
 
+/// The object store for `--to s3://…` or `ferry verify s3://…`.
+pub fn s3_store(
+    uri: &str,
+    conn: &S3ConnectionArgs,
+    retry: ferry_core::RetryPolicy,
+    part_size: u64,
+    lock: Option<ObjectLock>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let options = S3Options {
+        part_size: part_size.max(8 << 20),
+        ..s3_options(conn, retry)
+    };
+    Ok(Arc::new(S3Store::new(
+        S3Location::parse(uri)?,
+        options,
+        lock,
+    )?))
+}
+
 /// A folder connector, after making sure the bag will not be written inside the folder it
 /// reads (the export would archive itself, forever).
 fn fs_connector(root: &Path, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
-    if let (Ok(root), Some(dest)) = (root.canonicalize(), nearest_existing(&args.to)) {
+    let to_store = args.to.to_string_lossy().starts_with("s3://");
+    if let (false, Ok(root), Some(dest)) =
+        (to_store, root.canonicalize(), nearest_existing(&args.to))
+    {
         if root.is_dir() && dest.starts_with(&root) {
             bail!(
                 "the destination {} is inside the source folder {}; choose a --to outside it",

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod report;
 pub mod retry;
 pub mod sink;
+pub mod store;
 
 pub use connector::{
     ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo,
@@ -30,3 +31,4 @@ pub use progress::{NoProgress, Progress};
 pub use report::{ChecksumCheck, Failure, Outcome, RunReport, Skipped};
 pub use retry::RetryPolicy;
 pub use sink::{ItemWriter, Sink, StoredItem};
+pub use store::{ObjectStore, ObjectWriter, StoredObject};

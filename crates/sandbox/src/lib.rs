@@ -53,6 +53,9 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                // Without this, a response written in two pieces (headers, then body) waits for
+                // the client's delayed ACK: ~40 ms per small GET on a reused connection.
+                let _ = socket.set_nodelay(true);
                 let conn = http
                     .serve_connection(TokioIo::new(socket), service.clone())
                     .into_owned();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
 use ferry_core::{Pipeline, PipelineOptions, Progress, RetryPolicy, RunReport, Sink};
+use ferry_s3::ObjectLock;
 use indicatif::HumanBytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,22 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     }
 }
 
+/// Where the journal of an export into an object store lives: under the user's cache folder,
+/// one folder per destination URI.
+fn default_work_dir(uri: &str) -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let mut h = ferry_core::MultiHasher::new([ferry_core::DigestAlgorithm::Sha256]);
+    h.update(uri.as_bytes());
+    let digest = h
+        .finish()
+        .remove(&ferry_core::DigestAlgorithm::Sha256)
+        .unwrap_or_default();
+    base.join("ferry").join("exports").join(&digest[..16])
+}
+
 /// The retry policy of a run, shared by the pipeline and the connectors.
 pub fn retry_policy(args: &ExportArgs) -> RetryPolicy {
     RetryPolicy {
@@ -132,8 +149,34 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
     let connector = crate::source::connector_for(args)?;
     // Fail on a wrong source before anything is created at the destination.
     connector.check().await?;
-    let target = BagTarget::from_path(&args.to);
-    let (writer, resume) = BagWriter::open(target, vec![connector.info()], bag_options(args))?;
+    let to = args.to.to_string_lossy().into_owned();
+    let (writer, resume) = if to.starts_with("s3://") {
+        let lock = args.object_lock_days.map(|days| ObjectLock {
+            compliance: args.object_lock_mode == "compliance",
+            days,
+        });
+        let store = crate::source::s3_store(
+            &to,
+            &args.s3.conn,
+            retry_policy(args),
+            args.s3.part_size,
+            lock,
+        )?;
+        let work = args
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| default_work_dir(&store.uri()));
+        BagWriter::open_store(store, work, vec![connector.info()], bag_options(args)).await?
+    } else {
+        if args.object_lock_days.is_some() {
+            anyhow::bail!("--object-lock-days needs a bag in S3 (--to s3://BUCKET/PREFIX)");
+        }
+        BagWriter::open(
+            BagTarget::from_path(&args.to),
+            vec![connector.info()],
+            bag_options(args),
+        )?
+    };
     if resume.resumed {
         tracing::info!(
             "resuming the interrupted export into {}: {} items ({}) already stored{}",

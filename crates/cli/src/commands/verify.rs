@@ -1,7 +1,10 @@
 //! `ferry verify BAG`.
 
 use anyhow::Result;
-use ferry_archive::verify::{verify, Status, VerifyMode, VerifyOptions};
+use ferry_archive::reader::BagReader;
+use ferry_archive::verify::{
+    verify, verify_reader, Status, VerifyError, VerifyMode, VerifyOptions,
+};
 
 use super::exit;
 use crate::cli::{Cli, VerifyArgs};
@@ -20,8 +23,27 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<i32> {
         threads: args.threads.unwrap_or_default(),
     };
     let path = args.bag.clone();
+    let uri = path.to_string_lossy().into_owned();
     // Hashing runs on its own threads; keep the async runtime out of its way.
-    let report = tokio::task::spawn_blocking(move || verify(&path, &options)).await?;
+    let report = if uri.starts_with("s3://") {
+        let store = crate::source::s3_store(
+            &uri,
+            &args.s3,
+            ferry_core::RetryPolicy::default(),
+            8 << 20,
+            None,
+        )?;
+        store.check().await?;
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            BagReader::open_store(store, runtime)
+                .map(|reader| verify_reader(&reader, &path, &options))
+                .map_err(VerifyError::from)
+        })
+        .await?
+    } else {
+        tokio::task::spawn_blocking(move || verify(&path, &options)).await?
+    };
     let report = match report {
         Ok(r) => r,
         Err(e) => {
