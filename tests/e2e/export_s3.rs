@@ -537,3 +537,58 @@ fn cold_objects_fail_with_needs_restore_and_tags_are_kept() {
     assert_eq!(warm["extra"]["tags"]["dept"], "finance");
     assert_eq!(warm["extra"]["tags"]["keep"], "10y");
 }
+
+#[test]
+fn slow_down_answers_are_retried_after_the_time_the_server_asks() {
+    // Every 3rd object request is answered 503 SlowDown, Retry-After: 1.
+    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults { slow_down_every: 3 });
+    fx.bucket("busy");
+    for i in 0..12 {
+        fx.put(
+            "busy",
+            &format!("k{i:02}"),
+            format!("object {i}").as_bytes(),
+        );
+    }
+    let tmp = tempdir();
+    let bag = tmp.path().join("bag");
+    let started = std::time::Instant::now();
+    let run = export_s3(&fx, "s3://busy", &bag, &["--json", "--concurrency", "2"]);
+    run.expect_code(0);
+    let summary = run.json();
+    assert_eq!(summary["archived_items"], 12);
+    assert!(summary["retries"].as_u64().unwrap() >= 3, "{summary}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After was waited for"
+    );
+    ferry(["verify", bag.to_str().unwrap()]).expect_code(0);
+}
+
+#[test]
+fn a_tls_failure_is_one_clear_sentence() {
+    let fx = S3Fixture::sandbox();
+    fx.bucket("plain");
+    let tmp = tempdir();
+    // The sandbox speaks plain HTTP: a TLS handshake with it fails.
+    let https = fx.endpoint.replace("http://", "https://");
+    let run = ferry_env(
+        [
+            "export",
+            "s3://plain",
+            "--to",
+            tmp.path().join("bag").to_str().unwrap(),
+            "--endpoint-url",
+            &https,
+            "--retries",
+            "0",
+        ],
+        &fx.env(),
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("TLS") || run.stderr.contains("cannot reach"),
+        "{}",
+        run.stderr
+    );
+}

@@ -10,7 +10,7 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
-use ferry_sandbox::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+use ferry_sandbox::{Faults, S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
 /// An S3 endpoint with a client to seed it.
 pub struct S3Fixture {
@@ -51,13 +51,20 @@ fn client(endpoint: &str, ak: &str, sk: &str) -> Client {
 impl S3Fixture {
     /// The in-process sandbox (s3s-fs over a temporary folder).
     pub fn sandbox() -> S3Fixture {
+        Self::sandbox_with(Faults::default())
+    }
+
+    /// The in-process sandbox, injecting `faults`.
+    pub fn sandbox_with(faults: Faults) -> S3Fixture {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         let root = tempfile::tempdir().unwrap();
-        let server = runtime.block_on(S3Server::start(root.path())).unwrap();
+        let server = runtime
+            .block_on(S3Server::start_with(root.path(), 0, faults))
+            .unwrap();
         let endpoint = server.endpoint();
         let client = client(&endpoint, S3_ACCESS_KEY, S3_SECRET_KEY);
         S3Fixture {

@@ -250,6 +250,9 @@ pub struct SandboxS3Args {
     /// The port (default: a free one).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Answer every Nth object request with 503 SlowDown (Retry-After: 1), to see retries.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub slow_down_every: u64,
 }
 
 /// `ferry demo`.

@@ -12,12 +12,6 @@ use crate::cli::{Cli, Command};
 use crate::commands::exit;
 
 fn main() {
-    // Die quietly on a closed pipe (`ferry ls … | head`), like other Unix tools.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     // Large transfer buffers (ranged parts of several MiB) go straight to mmap and back to the
     // system when freed. glibc otherwise raises its mmap threshold after the first free and
     // keeps such buffers in per-thread arenas, so resident memory grows with every thread
@@ -61,6 +55,16 @@ fn main() {
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     let code = match result {
         Ok(code) => code,
+        // `ferry ls … | head`: the reader went away; that is not an error of ours. (SIGPIPE
+        // stays ignored, as Rust sets it: network writes to a closed socket must not kill us.)
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            exit::OK
+        }
         Err(e) => {
             eprintln!("ferry: {e:#}");
             exit::ERROR

@@ -25,7 +25,7 @@ pub fn init_logging(quiet: bool, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!(
-            "warn,aws_config=error,aws_smithy_runtime=error,ferry={level},ferry_core={level},ferry_archive={level},ferry_fs={level},ferry_s3={level}"
+            "warn,aws_config=error,aws_runtime=error,aws_smithy_runtime=error,ferry={level},ferry_core={level},ferry_archive={level},ferry_fs={level},ferry_s3={level}"
         ))
     });
     let ansi = std::io::stderr().is_terminal();

@@ -10,6 +10,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -21,6 +23,51 @@ use tokio::net::TcpListener;
 pub const S3_ACCESS_KEY: &str = "FERRYSANDBOXKEY";
 /// The secret key the sandbox S3 server accepts (a test value, not a secret).
 pub const S3_SECRET_KEY: &str = "ferry-sandbox-secret-key-not-a-secret";
+
+/// Faults the sandbox S3 server injects, to test that clients back off and retry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Every Nth request for an object (GET or HEAD) is answered `503 SlowDown` with
+    /// `Retry-After: 1`, as S3 does under load; 0 for never.
+    pub slow_down_every: u64,
+}
+
+/// The s3s service with [`Faults`] in front.
+#[derive(Clone)]
+struct FaultyService {
+    inner: s3s::service::S3Service,
+    faults: Faults,
+    count: Arc<AtomicU64>,
+}
+
+const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultyService {
+    type Response = s3s::HttpResponse;
+    type Error = s3s::HttpError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        // An object request: /bucket/key… with GET or HEAD.
+        let object = req.uri().path().trim_start_matches('/').contains('/');
+        let read = req.method() == http::Method::GET || req.method() == http::Method::HEAD;
+        if self.faults.slow_down_every > 0 && object && read {
+            let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(self.faults.slow_down_every) {
+                let resp = http::Response::builder()
+                    .status(503)
+                    .header("retry-after", "1")
+                    .header("content-type", "application/xml")
+                    .body(s3s::Body::from(SLOW_DOWN.to_string()))
+                    .expect("static response");
+                return Box::pin(async move { Ok(resp) });
+            }
+        }
+        hyper::service::Service::call(&self.inner, req)
+    }
+}
 
 /// An S3-compatible server on 127.0.0.1, serving a folder, until dropped.
 pub struct S3Server {
@@ -38,12 +85,21 @@ impl S3Server {
 
     /// Like [`S3Server::start`], on a given port (0: a free one).
     pub async fn start_on(root: &Path, port: u16) -> io::Result<S3Server> {
+        Self::start_with(root, port, Faults::default()).await
+    }
+
+    /// Like [`S3Server::start_on`], injecting `faults`.
+    pub async fn start_with(root: &Path, port: u16, faults: Faults) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
-            b.build()
+            FaultyService {
+                inner: b.build(),
+                faults,
+                count: Arc::new(AtomicU64::new(0)),
+            }
         };
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;

@@ -10,7 +10,10 @@ use crate::cli::{Cli, SandboxCommand};
 pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
     match cmd {
         SandboxCommand::S3(args) => {
-            let mut server = S3Server::start_on(&args.root, args.port)
+            let faults = ferry_sandbox::Faults {
+                slow_down_every: args.slow_down_every,
+            };
+            let mut server = S3Server::start_with(&args.root, args.port, faults)
                 .await
                 .with_context(|| {
                     format!("cannot serve {} on port {}", args.root.display(), args.port)
