@@ -95,6 +95,13 @@ fn a_folder_exported_into_s3_verifies_there_and_after_download() {
     with_endpoint(&fx, &["verify", "s3://bags/share/2026-11-28"]).expect_code(0);
     let json = with_endpoint(&fx, &["verify", "--json", "s3://bags/share/2026-11-28"]);
     assert_eq!(json.json()["storage"], "object store");
+    let ls = with_endpoint(&fx, &["ls", "--json", "s3://bags/share/2026-11-28"]);
+    ls.expect_code(0);
+    assert_eq!(
+        ls.stdout.lines().count(),
+        files.len() + 1,
+        "ls reads items.jsonl from the store"
+    );
     let local = tmp.path().join("downloaded");
     download(&fx, "bags", "share/2026-11-28/", &local);
     assert_bagit_py_valid(&local);

@@ -541,7 +541,10 @@ fn cold_objects_fail_with_needs_restore_and_tags_are_kept() {
 #[test]
 fn slow_down_answers_are_retried_after_the_time_the_server_asks() {
     // Every 3rd object request is answered 503 SlowDown, Retry-After: 1.
-    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults { slow_down_every: 3 });
+    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
+        slow_down_every: 3,
+        deny_read_prefix: None,
+    });
     fx.bucket("busy");
     for i in 0..12 {
         fx.put(
@@ -591,4 +594,31 @@ fn a_tls_failure_is_one_clear_sentence() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn access_denied_on_some_objects_fails_them_and_keeps_the_rest() {
+    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
+        slow_down_every: 0,
+        deny_read_prefix: Some("hr/".into()),
+    });
+    fx.bucket("mixed");
+    fx.put("mixed", "public/a.txt", b"a");
+    fx.put("mixed", "hr/salaries.xlsx", b"secret");
+    fx.put("mixed", "public/b.txt", b"b");
+    let tmp = tempdir();
+    let bag = tmp.path().join("bag");
+    let run = export_s3(&fx, "s3://mixed", &bag, &["--json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let summary = run.json();
+    assert_eq!(summary["archived_items"], 2);
+    assert_eq!(summary["failed_items"], 1);
+    let failures = std::fs::read_to_string(bag.join("ferry/failures.jsonl")).unwrap();
+    assert!(
+        failures.contains("hr/salaries.xlsx")
+            && failures.contains("access denied")
+            && failures.contains("s3:GetObject"),
+        "{failures}"
+    );
+    assert_bagit_py_valid(&bag);
 }

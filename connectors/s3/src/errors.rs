@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use ferry_core::retry::parse_retry_after;
-use ferry_core::{Error, ErrorKind};
+use ferry_core::{Error, ErrorKind, RetryPolicy};
 
 /// Whether an error concerns the whole bucket (then access problems stop the run) or one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +27,29 @@ pub(crate) struct Context<'a> {
 fn retry_after(raw: Option<&HttpResponse>) -> Option<std::time::Duration> {
     let value = raw?.headers().get("retry-after")?;
     parse_retry_after(value, SystemTime::now())
+}
+
+/// Sends a request through the shared retry policy, classifying SDK errors on the way: every
+/// S3 call of ferry's retries the same way, in one place.
+pub(crate) async fn send_with_retry<T, E, Fut>(
+    policy: &RetryPolicy,
+    ctx: &Context<'_>,
+    op: &str,
+    mut request: impl FnMut() -> Fut,
+) -> Result<T, Error>
+where
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    policy
+        .run(
+            |_| {
+                let sent = request();
+                async move { sent.await.map_err(|e| classify(e, ctx)) }
+            },
+            |e, d| tracing::debug!("retrying {op} in {d:?}: {e}"),
+        )
+        .await
 }
 
 /// Classifies an SDK error.

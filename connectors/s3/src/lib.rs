@@ -38,7 +38,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, OnceCell, Semaphore};
 
-use errors::{classify, Context, Scope};
+use errors::{classify, send_with_retry, Context, Scope};
 pub use location::S3Location;
 pub use store::{ObjectLock, S3Store};
 
@@ -333,21 +333,10 @@ impl Inner {
             what: "listing the buckets (s3://)",
             scope: Scope::Bucket,
         };
-        let out = self
-            .options
-            .retry
-            .run(
-                |_| async {
-                    built
-                        .client
-                        .list_buckets()
-                        .send()
-                        .await
-                        .map_err(|e| classify(e, &ctx))
-                },
-                |e, d| tracing::debug!("retrying ListBuckets in {d:?}: {e}"),
-            )
-            .await?;
+        let out = send_with_retry(&self.options.retry, &ctx, "ListBuckets", || {
+            built.client.list_buckets().send()
+        })
+        .await?;
         let mut names: Vec<String> = out
             .buckets()
             .iter()
@@ -982,25 +971,23 @@ impl Connector for S3Connector {
         };
         // One listing request checks existence, credentials and the right to list at once
         // (HEAD answers a bare 404/403 without a code to explain).
-        inner
-            .options
-            .retry
-            .run(
-                |_| {
-                    let req = built.client.list_objects_v2().bucket(bucket).max_keys(1);
-                    let ctx = &ctx;
-                    async move { req.send().await.map(|_| ()).map_err(|e| classify(e, ctx)) }
-                },
-                |e, d| tracing::debug!("retrying the bucket check in {d:?}: {e}"),
-            )
-            .await
-            .map_err(|e| {
-                if e.is_fatal() {
-                    e
-                } else {
-                    Error::fatal(e.to_string())
-                }
-            })
+        send_with_retry(&inner.options.retry, &ctx, "the bucket check", || {
+            built
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(1)
+                .send()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            if e.is_fatal() {
+                e
+            } else {
+                Error::fatal(e.to_string())
+            }
+        })
     }
 
     fn list(&self) -> ListingStream<'_> {

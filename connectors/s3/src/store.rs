@@ -19,7 +19,7 @@ use md5::Digest as _;
 use time::OffsetDateTime;
 use tokio::sync::OnceCell;
 
-use crate::errors::{classify, Context, Scope};
+use crate::errors::{classify, send_with_retry, Context, Scope};
 use crate::{client, S3Location, S3Options};
 
 /// Retention to set on every object written.
@@ -111,28 +111,23 @@ impl ObjectStore for S3Store {
             what: &what,
             scope: Scope::Bucket,
         };
-        inner
-            .retry()
-            .run(
-                |_| {
-                    let req = built
-                        .client
-                        .list_objects_v2()
-                        .bucket(inner.bucket())
-                        .max_keys(1);
-                    let ctx = &ctx;
-                    async move { req.send().await.map(|_| ()).map_err(|e| classify(e, ctx)) }
-                },
-                |e, d| tracing::debug!("retrying the bucket check in {d:?}: {e}"),
-            )
-            .await
-            .map_err(|e| {
-                if e.is_fatal() {
-                    e
-                } else {
-                    Error::fatal(e.to_string())
-                }
-            })
+        send_with_retry(&inner.retry(), &ctx, "the bucket check", || {
+            built
+                .client
+                .list_objects_v2()
+                .bucket(inner.bucket())
+                .max_keys(1)
+                .send()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            if e.is_fatal() {
+                e
+            } else {
+                Error::fatal(e.to_string())
+            }
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {
@@ -149,23 +144,17 @@ impl ObjectStore for S3Store {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = inner
-                .retry()
-                .run(
-                    |_| {
-                        let req = built
-                            .client
-                            .list_objects_v2()
-                            .bucket(inner.bucket())
-                            .prefix(&full_prefix)
-                            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-                            .set_continuation_token(token.clone());
-                        let ctx = &ctx;
-                        async move { req.send().await.map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying a listing page in {d:?}: {e}"),
-                )
-                .await?;
+            let page = send_with_retry(&inner.retry(), &ctx, "a listing page", || {
+                built
+                    .client
+                    .list_objects_v2()
+                    .bucket(inner.bucket())
+                    .prefix(&full_prefix)
+                    .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                    .set_continuation_token(token.clone())
+                    .send()
+            })
+            .await?;
             let encoded = page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
@@ -231,21 +220,16 @@ impl ObjectStore for S3Store {
             what: &what,
             scope: Scope::Object,
         };
-        inner
-            .retry()
-            .run(
-                |_| {
-                    let req = built
-                        .client
-                        .delete_object()
-                        .bucket(inner.bucket())
-                        .key(&full);
-                    let ctx = &ctx;
-                    async move { req.send().await.map(|_| ()).map_err(|e| classify(e, ctx)) }
-                },
-                |e, d| tracing::debug!("retrying a delete in {d:?}: {e}"),
-            )
-            .await
+        send_with_retry(&inner.retry(), &ctx, "a delete", || {
+            built
+                .client
+                .delete_object()
+                .bucket(inner.bucket())
+                .key(&full)
+                .send()
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -296,23 +280,17 @@ impl S3Upload {
         };
         if self.upload_id.is_none() {
             let (mode, until) = self.lock();
-            let out = store
-                .retry()
-                .run(
-                    |_| {
-                        let req = built
-                            .client
-                            .create_multipart_upload()
-                            .bucket(store.bucket())
-                            .key(&self.key)
-                            .set_object_lock_mode(mode.clone())
-                            .set_object_lock_retain_until_date(until);
-                        let ctx = &ctx;
-                        async move { req.send().await.map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying CreateMultipartUpload in {d:?}: {e}"),
-                )
-                .await?;
+            let out = send_with_retry(&store.retry(), &ctx, "CreateMultipartUpload", || {
+                built
+                    .client
+                    .create_multipart_upload()
+                    .bucket(store.bucket())
+                    .key(&self.key)
+                    .set_object_lock_mode(mode.clone())
+                    .set_object_lock_retain_until_date(until)
+                    .send()
+            })
+            .await?;
             self.upload_id = out.upload_id().map(str::to_string);
             if self.upload_id.is_none() {
                 return Err(Error::fatal(format!(
@@ -324,25 +302,19 @@ impl S3Upload {
         let data = Bytes::from(std::mem::take(&mut self.buffer));
         let md5 = content_md5(&data);
         let id = self.upload_id.clone().expect("upload id");
-        let out = store
-            .retry()
-            .run(
-                |_| {
-                    let req = built
-                        .client
-                        .upload_part()
-                        .bucket(store.bucket())
-                        .key(&self.key)
-                        .upload_id(&id)
-                        .part_number(number)
-                        .content_md5(&md5)
-                        .body(SdkBody::from(data.clone()));
-                    let ctx = &ctx;
-                    async move { req.send().await.map_err(|e| classify(e, ctx)) }
-                },
-                |e, d| tracing::debug!("retrying UploadPart in {d:?}: {e}"),
-            )
-            .await?;
+        let out = send_with_retry(&store.retry(), &ctx, "UploadPart", || {
+            built
+                .client
+                .upload_part()
+                .bucket(store.bucket())
+                .key(&self.key)
+                .upload_id(&id)
+                .part_number(number)
+                .content_md5(&md5)
+                .body(SdkBody::from(data.clone()))
+                .send()
+        })
+        .await?;
         self.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -383,25 +355,20 @@ impl ObjectWriter for S3Upload {
             let data = Bytes::from(std::mem::take(&mut self.buffer));
             let md5 = content_md5(&data);
             let (mode, until) = self.lock();
-            return store
-                .retry()
-                .run(
-                    |_| {
-                        let req = built
-                            .client
-                            .put_object()
-                            .bucket(store.bucket())
-                            .key(&self.key)
-                            .content_md5(&md5)
-                            .set_object_lock_mode(mode.clone())
-                            .set_object_lock_retain_until_date(until)
-                            .body(SdkBody::from(data.clone()));
-                        let ctx = &ctx;
-                        async move { req.send().await.map(|_| ()).map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying PutObject in {d:?}: {e}"),
-                )
-                .await;
+            return send_with_retry(&store.retry(), &ctx, "PutObject", || {
+                built
+                    .client
+                    .put_object()
+                    .bucket(store.bucket())
+                    .key(&self.key)
+                    .content_md5(&md5)
+                    .set_object_lock_mode(mode.clone())
+                    .set_object_lock_retain_until_date(until)
+                    .body(SdkBody::from(data.clone()))
+                    .send()
+            })
+            .await
+            .map(|_| ());
         }
         if !self.buffer.is_empty() {
             self.send_part().await?;
@@ -475,22 +442,17 @@ impl ObjectWriter for S3Upload {
                 .mode(mode.as_str().into())
                 .retain_until_date(until)
                 .build();
-            store
-                .retry()
-                .run(
-                    |_| {
-                        let req = built
-                            .client
-                            .put_object_retention()
-                            .bucket(store.bucket())
-                            .key(&self.key)
-                            .retention(retention.clone());
-                        let ctx = &ctx;
-                        async move { req.send().await.map(|_| ()).map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying PutObjectRetention in {d:?}: {e}"),
-                )
-                .await?;
+            send_with_retry(&store.retry(), &ctx, "PutObjectRetention", || {
+                built
+                    .client
+                    .put_object_retention()
+                    .bucket(store.bucket())
+                    .key(&self.key)
+                    .retention(retention.clone())
+                    .send()
+            })
+            .await
+            .map(|_| ())?;
         }
         Ok(())
     }

@@ -222,9 +222,9 @@ pub struct VerifyArgs {
 }
 
 /// `ferry ls`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct LsArgs {
-    /// The bag: a folder or a .zip.
+    /// The bag: a folder, a .zip, or s3://BUCKET/PREFIX.
     pub bag: PathBuf,
     /// Print items.jsonl records as JSON lines.
     #[arg(long)]
@@ -232,6 +232,8 @@ pub struct LsArgs {
     /// List the failures (ferry/failures.jsonl) instead of the items.
     #[arg(long)]
     pub failures: bool,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
 }
 
 /// `ferry sandbox …`.
@@ -253,6 +255,10 @@ pub struct SandboxS3Args {
     /// Answer every Nth object request with 503 SlowDown (Retry-After: 1), to see retries.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub slow_down_every: u64,
+    /// Answer reads of objects whose key starts with PREFIX with 403 AccessDenied, as a bucket
+    /// policy denying part of a bucket would, to see per-object failures.
+    #[arg(long, value_name = "PREFIX")]
+    pub deny_read_prefix: Option<String>,
 }
 
 /// `ferry demo`.

@@ -43,7 +43,7 @@ fn main() {
             match &cli.command {
                 Command::Export(args) => commands::export::run(&cli, args).await,
                 Command::Verify(args) => commands::verify::run(&cli, args).await,
-                Command::Ls(args) => commands::ls::run(&cli, args),
+                Command::Ls(args) => commands::ls::run(&cli, args).await,
                 Command::Demo(args) => commands::demo::run(&cli, args).await,
                 Command::Sandbox(cmd) => commands::sandbox::run(&cli, cmd).await,
             }

@@ -24,12 +24,37 @@ pub const S3_ACCESS_KEY: &str = "FERRYSANDBOXKEY";
 /// The secret key the sandbox S3 server accepts (a test value, not a secret).
 pub const S3_SECRET_KEY: &str = "ferry-sandbox-secret-key-not-a-secret";
 
-/// Faults the sandbox S3 server injects, to test that clients back off and retry.
-#[derive(Debug, Clone, Copy, Default)]
+/// Faults the sandbox S3 server injects, to test that clients back off, retry and report.
+#[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Every Nth request for an object (GET or HEAD) is answered `503 SlowDown` with
     /// `Retry-After: 1`, as S3 does under load; 0 for never.
     pub slow_down_every: u64,
+    /// Reading objects whose key starts with this is answered `403 AccessDenied`, as a bucket
+    /// policy that denies `s3:GetObject` on part of a bucket would.
+    pub deny_read_prefix: Option<String>,
+}
+
+/// Denies reads of part of a bucket; otherwise lets every signed request through.
+struct DenyReads {
+    prefix: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for DenyReads {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        if cx.credentials().is_none() {
+            return Err(s3s::S3Error::new(s3s::S3ErrorCode::AccessDenied));
+        }
+        if let (Some(prefix), s3s::path::S3Path::Object { key, .. }) = (&self.prefix, cx.s3_path())
+        {
+            let read = matches!(cx.s3_op().name(), "GetObject" | "HeadObject");
+            if read && key.starts_with(prefix.as_str()) {
+                return Err(s3s::S3Error::new(s3s::S3ErrorCode::AccessDenied));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The s3s service with [`Faults`] in front.
@@ -95,6 +120,9 @@ impl S3Server {
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
+            b.set_access(DenyReads {
+                prefix: faults.deny_read_prefix.clone(),
+            });
             FaultyService {
                 inner: b.build(),
                 faults,

@@ -12,9 +12,36 @@ use super::exit;
 use crate::cli::{Cli, LsArgs};
 
 /// Lists items (or failures); returns the exit code.
-pub fn run(_cli: &Cli, args: &LsArgs) -> Result<i32> {
-    let reader = BagReader::open(&args.bag)
+pub async fn run(_cli: &Cli, args: &LsArgs) -> Result<i32> {
+    let uri = args.bag.to_string_lossy().into_owned();
+    let store = if uri.starts_with("s3://") {
+        let store = crate::source::s3_store(
+            &uri,
+            &args.s3,
+            ferry_core::RetryPolicy::default(),
+            8 << 20,
+            None,
+        )?;
+        store.check().await?;
+        Some(store)
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let args = args.clone();
+    // Reading blocks (files, or objects through the runtime): off the async threads.
+    tokio::task::spawn_blocking(move || {
+        let reader = match store {
+            Some(store) => BagReader::open_store(store, runtime),
+            None => BagReader::open(&args.bag),
+        }
         .with_context(|| format!("cannot open {}", args.bag.display()))?;
+        list(&reader, &args)
+    })
+    .await?
+}
+
+fn list(reader: &BagReader, args: &LsArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.failures {
