@@ -136,6 +136,10 @@ pub struct SourceInfoRecord {
     pub connector: String,
     /// Options that shaped the listing.
     pub options: serde_json::Map<String, serde_json::Value>,
+    /// What the connector reported after the run: reconciliation against the source's own
+    /// counts, cursors for the next incremental run.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl From<&SourceInfo> for SourceInfoRecord {
@@ -145,6 +149,7 @@ impl From<&SourceInfo> for SourceInfoRecord {
             system: info.system.clone(),
             connector: info.connector.clone(),
             options: info.options.clone(),
+            details: serde_json::Map::new(),
         }
     }
 }

@@ -996,7 +996,15 @@ impl Shared {
             format: RECORD_FORMAT.into(),
             tool: self.options.tool.clone(),
             command: "export".into(),
-            sources: self.sources.iter().map(SourceInfoRecord::from).collect(),
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceInfoRecord {
+                    // One source per run so far: the report's details are its.
+                    details: report.source_details.clone(),
+                    ..SourceInfoRecord::from(s)
+                })
+                .collect(),
             options: self.options.run_options.clone(),
             started: self.state.started,
             finished,

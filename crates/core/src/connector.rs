@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::item::Item;
-use crate::report::Failure;
+use crate::report::{ContainerCounts, Failure};
+use std::collections::BTreeMap;
 
 /// An item's content as a stream of byte chunks.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
@@ -121,5 +122,16 @@ pub trait Connector: Send + Sync {
     /// changed at the source while it was being read (a transient error retries it).
     async fn confirm(&self, _item: &Item) -> Result<()> {
         Ok(())
+    }
+
+    /// What the run record should say about the source once the listing is over and every
+    /// item has an outcome: reconciliation of what was archived against the source's own counts
+    /// (`outcomes` are keyed by each item's account and container), cursors for the next
+    /// incremental run. Recorded in run.json under the source's `details`.
+    fn run_details(
+        &self,
+        _outcomes: &BTreeMap<(String, String), ContainerCounts>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
     }
 }

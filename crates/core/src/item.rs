@@ -59,6 +59,12 @@ pub struct SourceChecksum {
     /// For checksums over parts: the size of every part but the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part_size: Option<u64>,
+    /// True when the source is known to serve other bytes than it lists for some items
+    /// (SharePoint adds metadata to Office files on download, so their listed size and
+    /// quickXorHash describe bytes nobody can download). A mismatch is then recorded with both
+    /// values and flagged, and the bytes served are kept, instead of failing the item.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub advisory: bool,
 }
 
 impl SourceChecksum {
@@ -68,7 +74,14 @@ impl SourceChecksum {
             algorithm,
             value: value.into().to_ascii_lowercase(),
             part_size: None,
+            advisory: false,
         }
+    }
+
+    /// The same checksum, marked advisory (see [`SourceChecksum::advisory`]).
+    pub fn advisory(mut self) -> Self {
+        self.advisory = true;
+        self
     }
 
     /// A checksum over parts of `part_size` bytes (the value ends in `-<parts>`).
@@ -81,6 +94,7 @@ impl SourceChecksum {
             algorithm,
             value: value.into().to_ascii_lowercase(),
             part_size: Some(part_size),
+            advisory: false,
         }
     }
 }
@@ -105,6 +119,10 @@ pub enum ChecksumAlgorithm {
     Crc32c,
     /// CRC-64/NVME, as x-amz-checksum-crc64nvme.
     Crc64nvme,
+    /// Microsoft's QuickXorHash (OneDrive for Business and SharePoint `quickXorHash`), as the
+    /// hex of its 20 bytes (Graph states it in base64).
+    #[serde(rename = "quickxor")]
+    QuickXor,
 }
 
 impl ChecksumAlgorithm {

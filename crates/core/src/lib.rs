@@ -24,11 +24,12 @@ pub use connector::{
     ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use checksum::QuickXorHash;
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};
 pub use item::{ChecksumAlgorithm, Item, ItemKind, SourceChecksum, SourceRef};
 pub use pipeline::{Pipeline, PipelineOptions};
 pub use progress::{NoProgress, Progress};
-pub use report::{ChecksumCheck, Failure, Outcome, RunReport, Skipped};
+pub use report::{ChecksumCheck, ContainerCounts, Failure, Outcome, RunReport, Skipped};
 pub use retry::RetryPolicy;
 pub use sink::{ItemWriter, Sink, StoredItem};
 pub use store::{ObjectStore, ObjectWriter, StoredObject};

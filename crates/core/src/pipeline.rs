@@ -46,6 +46,17 @@ pub struct Pipeline {
     options: PipelineOptions,
 }
 
+/// Counts an item's outcome under its account and container.
+fn count_in_container(report: &mut RunReport, item: &Item, outcome: &Outcome) {
+    let key = (
+        item.source.account.clone().unwrap_or_default(),
+        item.source.container.clone().unwrap_or_default(),
+    );
+    let counts = report.containers.entry(key).or_default();
+    counts.listed += 1;
+    counts.add(outcome);
+}
+
 /// Why an item was recorded but not archived.
 pub fn skip_reason(kind: &ItemKind) -> Option<String> {
     match kind {
@@ -89,6 +100,9 @@ impl Pipeline {
         } else if cancel.is_cancelled() {
             report.stopped = Some("interrupted".into());
         }
+        if fatal.is_none() && !cancel.is_cancelled() {
+            report.source_details = connector.run_details(&report.containers);
+        }
         report.finished = Some(OffsetDateTime::now_utc());
         (report, fatal)
     }
@@ -131,6 +145,7 @@ impl Pipeline {
                         }
                     }
                     report.retries += done.retries;
+                    count_in_container(report, &done.item, &done.outcome);
                     report.add(&done.outcome, done.size_hint);
                     progress.finished(&done.item, &done.outcome);
                 }
@@ -156,6 +171,7 @@ impl Pipeline {
                                     return Some(self.stop(running, e).await);
                                 }
                                 let outcome = Outcome::Skipped(reason);
+                                count_in_container(report, &item, &outcome);
                                 report.add(&outcome, None);
                                 progress.finished(&item, &outcome);
                                 continue;
@@ -168,11 +184,13 @@ impl Pipeline {
                                         return Some(self.stop(running, e).await);
                                     }
                                     let outcome = Outcome::Failed(Box::new(f));
+                                    count_in_container(report, &item, &outcome);
                                     report.add(&outcome, None);
                                     progress.finished(&item, &outcome);
                                 }
                                 Ok(Placement::AlreadyStored) => {
                                     let outcome = Outcome::AlreadyArchived;
+                                    count_in_container(report, &item, &outcome);
                                     report.add(&outcome, item.size);
                                     progress.finished(&item, &outcome);
                                 }
@@ -393,17 +411,28 @@ impl Transfer {
         let mut digests = hasher.finish();
         let mut checks = Vec::with_capacity(item.source_checksums.len());
         for (stated, computed) in checksums.finish(&digests) {
-            if !computed.eq_ignore_ascii_case(&stated.value) {
+            let matches = computed.eq_ignore_ascii_case(&stated.value);
+            if !matches && !stated.advisory {
                 writer.abort().await;
                 return Err(Error::transient(format!(
                     "checksum mismatch: the source states {:?} {}, the bytes received have {}",
                     stated.algorithm, stated.value, computed
                 )));
             }
+            if !matches {
+                tracing::warn!(
+                    "{}: the bytes served differ from the {:?} the source lists ({} listed, {} received); kept and flagged in items.jsonl",
+                    item.display_name(),
+                    stated.algorithm,
+                    stated.value,
+                    computed
+                );
+            }
             checks.push(ChecksumCheck {
                 algorithm: stated.algorithm,
                 value: stated.value,
-                verified: true,
+                verified: matches,
+                observed: (!matches).then_some(computed),
             });
         }
         digests.retain(|alg, _| sink_algorithms.contains(alg));

@@ -16,6 +16,10 @@ pub struct ChecksumCheck {
     pub value: String,
     /// Whether the received bytes matched it.
     pub verified: bool,
+    /// What the received bytes gave, when they did not match an advisory checksum (the bytes
+    /// were kept; see [`SourceChecksum::advisory`](crate::SourceChecksum::advisory)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
 }
 
 /// An item, or part of a listing, that could not be archived.
@@ -96,6 +100,38 @@ pub struct RunReport {
     pub failures: Vec<Failure>,
     /// Set when the run stopped early, with the reason.
     pub stopped: Option<String>,
+    /// Item outcomes per (account, container), for connectors that reconcile what was archived
+    /// with the source's own counts (a mail folder's totalItemCount).
+    #[serde(skip)]
+    pub containers: BTreeMap<(String, String), ContainerCounts>,
+    /// What the connector reported after the listing (reconciliation, cursors for the next
+    /// incremental run); recorded in run.json with the source.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub source_details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Outcomes of the items of one container (a mail folder, a drive, a bucket).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCounts {
+    /// Items listed.
+    pub listed: u64,
+    /// Items archived (in this run or an interrupted attempt it resumed).
+    pub archived: u64,
+    /// Items recorded without content.
+    pub skipped: u64,
+    /// Items that failed.
+    pub failed: u64,
+}
+
+impl ContainerCounts {
+    /// Counts one outcome.
+    pub fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Archived { .. } | Outcome::AlreadyArchived => self.archived += 1,
+            Outcome::Skipped(_) => self.skipped += 1,
+            Outcome::Failed(_) => self.failed += 1,
+        }
+    }
 }
 
 /// How many failures a report keeps in memory; the archive's failure list has them all.
@@ -119,6 +155,8 @@ impl RunReport {
             retries: 0,
             failures: Vec::new(),
             stopped: None,
+            containers: BTreeMap::new(),
+            source_details: serde_json::Map::new(),
         }
     }
 
