@@ -6,6 +6,17 @@
 //! uploads, checksums — over files). Buckets are folders under the root and objects are files,
 //! so it cannot hold keys that a filesystem cannot (`x` and `x/y` both); tests that need those
 //! use an independent server process as well.
+//!
+//! [`GraphServer`] is a Microsoft Graph stand-in (mail, OneDrive, SharePoint, the identity
+//! platform's token endpoint) over a seeded tenant whose [`graph::Truth`] tests compare exports
+//! against; see the [`graph`] module for what it serves.
+
+pub mod graph;
+
+pub use graph::{
+    ClientCertificate, GraphConfig, GraphFaults, GraphServer, GraphStats, Truth, GRAPH_CLIENT_ID,
+    GRAPH_CLIENT_SECRET,
+};
 
 use std::io;
 use std::net::SocketAddr;
