@@ -112,10 +112,66 @@ pub struct ExportArgs {
     /// Print a JSON summary on stdout (for scripts and monitoring).
     #[arg(long)]
     pub json: bool,
+    /// What to take. s3: only keys matching this glob, relative to the prefix (`*` also
+    /// matches `/`; repeatable). m365: which kinds of data, `mail,onedrive,sharepoint`
+    /// (default all three).
+    #[arg(long, value_name = "GLOB|KINDS")]
+    pub include: Vec<String>,
+    /// s3: leave out keys matching this glob, relative to the prefix; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
     #[command(flatten)]
+    pub m365: M365Args,
+    #[command(flatten)]
     pub bag_info: BagInfoArgs,
+}
+
+/// Options of `m365:` sources.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Microsoft 365 sources (m365:TENANT, the tenant's domain or id)")]
+pub struct M365Args {
+    /// The app registration's Application (client) ID. It signs in app-only with the secret in
+    /// FERRY_M365_CLIENT_SECRET (or --client-secret-file), or with --certificate.
+    #[arg(long, value_name = "ID", env = "FERRY_M365_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// A PEM file with the app's certificate and its private key (instead of a secret).
+    #[arg(long, value_name = "FILE", env = "FERRY_M365_CERTIFICATE")]
+    pub certificate: Option<PathBuf>,
+    /// A file holding the client secret (instead of FERRY_M365_CLIENT_SECRET).
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// The Graph root including its version; national clouds: https://graph.microsoft.us/v1.0,
+    /// https://dod-graph.microsoft.us/v1.0, https://microsoftgraph.chinacloudapi.cn/v1.0.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://graph.microsoft.com/v1.0"
+    )]
+    pub graph_endpoint: String,
+    /// The sign-in host; national clouds: https://login.microsoftonline.us,
+    /// https://login.chinacloudapi.cn. Tokens come from <login>/<tenant>/oauth2/v2.0/token.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "https://login.microsoftonline.com"
+    )]
+    pub login_endpoint: String,
+    /// Whose data: `all` (every licensed user), a comma-separated list of user principal
+    /// names, or `group:<group object id>`.
+    #[arg(long, value_name = "WHO", default_value = "all")]
+    pub users: String,
+    /// SharePoint sites: `all`, or comma-separated site URLs.
+    #[arg(long, value_name = "SITES", default_value = "all")]
+    pub sites: String,
+    /// Also export each mailbox's Recoverable Items (Deletions): mail deleted from Deleted
+    /// Items, kept by Exchange for the retention period.
+    #[arg(long)]
+    pub include_recoverable: bool,
+    /// Graph requests at once per mailbox (Exchange Online allows 4).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4))]
+    pub mailbox_concurrency: u32,
 }
 
 /// How to reach an S3-compatible store (sources, destinations, bags to verify).
@@ -148,12 +204,6 @@ pub struct S3ConnectionArgs {
 pub struct S3Args {
     #[command(flatten)]
     pub conn: S3ConnectionArgs,
-    /// Only keys matching this glob, relative to the prefix (`*` also matches `/`); repeatable.
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out keys matching this glob, relative to the prefix; repeatable.
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
     /// Export every version and delete marker (older versions sit beside the current one,
     /// named `NAME@<time>~<version id>`).
     #[arg(long)]
@@ -242,6 +292,38 @@ pub enum SandboxCommand {
     /// Serve a folder as an S3-compatible store on 127.0.0.1 (each subfolder is a bucket)
     /// until Ctrl-C; prints the endpoint and the credentials it accepts.
     S3(SandboxS3Args),
+    /// Serve a seeded Microsoft 365 tenant (Microsoft Graph and its sign-in endpoint) on
+    /// 127.0.0.1 until Ctrl-C; prints the endpoints and the app credentials it accepts.
+    M365(SandboxM365Args),
+}
+
+/// `ferry sandbox m365`.
+#[derive(Debug, Args)]
+pub struct SandboxM365Args {
+    /// The port (default: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Seed of the generated tenant (same seed, same tenant, same bytes).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Licensed users (each with a mailbox and a OneDrive).
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Messages per mailbox.
+    #[arg(long, default_value_t = 20)]
+    pub messages: usize,
+    /// OneDrive files per user.
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// SharePoint sites.
+    #[arg(long, default_value_t = 1)]
+    pub sites: usize,
+    /// Answer every Nth Graph request with 429 Too Many Requests (Retry-After: 1).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub throttle_every: u64,
+    /// Added latency of every mail request, in milliseconds (a busy Exchange server).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub mail_latency_ms: u64,
 }
 
 /// `ferry sandbox s3`.

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ferry_core::Connector;
 use ferry_core::ObjectStore;
 use ferry_fs::{FsConnector, FsOptions};
@@ -23,10 +23,13 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     if source.starts_with("s3://") {
         return s3_connector(args);
     }
+    if let Some(tenant) = source.strip_prefix("m365:") {
+        return m365_connector(tenant, args);
+    }
     if let Some((scheme, _)) = source.split_once(':') {
-        let known_later = ["m365", "google", "imap"];
+        let known_later = ["google", "imap"];
         if known_later.contains(&scheme.to_ascii_lowercase().as_str()) {
-            bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders)");
+            bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders), s3:// and m365:");
         }
         // A path with a colon in it: treat it as a path if it exists.
         if !Path::new(source).exists() {
@@ -55,8 +58,8 @@ pub fn s3_options(conn: &S3ConnectionArgs, retry: ferry_core::RetryPolicy) -> S3
 fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     let s3 = &args.s3;
     let options = S3Options {
-        include: s3.include.clone(),
-        exclude: s3.exclude.clone(),
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
         versions: s3.versions,
         tags: s3.tags,
         part_size: s3.part_size,
@@ -114,4 +117,76 @@ fn fs_connector(root: &Path, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
 fn nearest_existing(path: &Path) -> Option<PathBuf> {
     let absolute = std::path::absolute(path).ok()?;
     absolute.ancestors().find_map(|p| p.canonicalize().ok())
+}
+
+/// A Microsoft 365 connector from the `--client-id`, `--certificate`, … options.
+fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+    use ferry_m365::{
+        Credential, Include, M365Connector, M365Options, SiteSelection, UserSelection,
+    };
+    let m = &args.m365;
+    let tenant = tenant.trim().trim_matches('/');
+    if tenant.is_empty() {
+        bail!("m365: needs the tenant, e.g. m365:contoso.onmicrosoft.com (its primary domain or tenant id)");
+    }
+    let Some(client_id) = m.client_id.clone() else {
+        bail!("m365: needs --client-id (the app registration's Application ID; or set FERRY_M365_CLIENT_ID)");
+    };
+    let credential = if let Some(path) = &m.certificate {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --certificate {}", path.display()))?;
+        Credential::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("--certificate {}: {e}", path.display()))?
+    } else if let Some(path) = &m.client_secret_file {
+        let secret = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --client-secret-file {}", path.display()))?;
+        Credential::Secret(secret.trim().to_string())
+    } else {
+        match std::env::var("FERRY_M365_CLIENT_SECRET") {
+            Ok(s) if !s.trim().is_empty() => Credential::Secret(s.trim().to_string()),
+            _ => bail!("m365: needs the app's credential: set FERRY_M365_CLIENT_SECRET, or give --client-secret-file FILE or --certificate app.pem"),
+        }
+    };
+    let users = match m.users.trim() {
+        "" | "all" => UserSelection::All,
+        g if g.starts_with("group:") => UserSelection::Group(g["group:".len()..].to_string()),
+        list => UserSelection::List(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+    };
+    let sites = match m.sites.trim() {
+        "" | "all" => SiteSelection::All,
+        list => SiteSelection::Urls(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+    };
+    let include = if args.include.is_empty() {
+        Include::ALL
+    } else {
+        Include::parse(&args.include.join(",")).map_err(anyhow::Error::msg)?
+    };
+    if !args.exclude.is_empty() {
+        bail!(
+            "--exclude is for s3:// sources; for m365: choose with --include, --users and --sites"
+        );
+    }
+    let options = M365Options {
+        graph_endpoint: m.graph_endpoint.clone(),
+        login_endpoint: m.login_endpoint.clone(),
+        users,
+        include,
+        sites,
+        include_recoverable: m.include_recoverable,
+        mailbox_concurrency: m.mailbox_concurrency as usize,
+        listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
+        retry: crate::commands::export::retry_policy(args),
+        ..M365Options::new(tenant, &client_id)
+    };
+    Ok(Arc::new(M365Connector::new(options, credential)?))
 }

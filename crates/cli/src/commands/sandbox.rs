@@ -1,7 +1,10 @@
 //! `ferry sandbox s3 ROOT`: a local S3-compatible store to try ferry against.
 
 use anyhow::{Context, Result};
-use ferry_sandbox::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+use ferry_sandbox::{
+    GraphConfig, GraphFaults, GraphServer, S3Server, GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET,
+    S3_ACCESS_KEY, S3_SECRET_KEY,
+};
 
 use super::exit;
 use crate::cli::{Cli, SandboxCommand};
@@ -28,6 +31,41 @@ pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
             println!(
                 "  ferry export s3://BUCKET --endpoint-url {} --to ./bag",
                 server.endpoint()
+            );
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = server.serve_forever() => {}
+            }
+            Ok(exit::OK)
+        }
+        SandboxCommand::M365(args) => {
+            let config = GraphConfig {
+                seed: args.seed,
+                users: args.users,
+                messages_per_user: args.messages,
+                files_per_user: args.files,
+                sites: args.sites,
+                mail_latency: std::time::Duration::from_millis(args.mail_latency_ms),
+                faults: GraphFaults {
+                    throttle_every: args.throttle_every,
+                    ..GraphFaults::default()
+                },
+                ..GraphConfig::default()
+            };
+            let tenant = config.tenant.clone();
+            let mut server = GraphServer::start(config, args.port)
+                .await
+                .with_context(|| format!("cannot serve on port {}", args.port))?;
+            println!(
+                "Serving a Microsoft 365 tenant {tenant} ({} users) as Microsoft Graph at {}. Ctrl-C to stop.",
+                args.users,
+                server.graph_endpoint()
+            );
+            println!("  export FERRY_M365_CLIENT_SECRET={GRAPH_CLIENT_SECRET}");
+            println!(
+                "  ferry export m365:{tenant} --client-id {GRAPH_CLIENT_ID} --graph-endpoint {} --login-endpoint {} --to ./m365-bag",
+                server.graph_endpoint(),
+                server.login_endpoint()
             );
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

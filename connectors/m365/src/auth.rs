@@ -1,0 +1,341 @@
+//! App-only sign-in to Microsoft Entra ID (the client credentials grant): with a client secret,
+//! or with a certificate (an RS256-signed client assertion). Tokens are cached, renewed before
+//! they expire and renewed at once when Graph rejects one (a 401), so runs that last hours keep
+//! going. Secrets never appear in errors or logs.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use ferry_core::{Error, Result};
+use ring::rand::SystemRandom;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use serde::Deserialize;
+use sha1::Digest as _;
+
+/// How the app proves who it is.
+pub enum Credential {
+    /// A client secret (from `FERRY_M365_CLIENT_SECRET`).
+    Secret(String),
+    /// A certificate's private key, and the certificate's SHA-1 thumbprint (`x5t`) that tells
+    /// Entra ID which of the app's certificates signed the assertion.
+    Certificate {
+        /// The RSA key.
+        key: RsaKeyPair,
+        /// base64url of the SHA-1 of the certificate's DER bytes.
+        x5t: String,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Secret(_) => f.write_str("Secret(…)"),
+            Credential::Certificate { x5t, .. } => write!(f, "Certificate(x5t={x5t})"),
+        }
+    }
+}
+
+impl Credential {
+    /// Reads a PEM file holding the certificate and its private key (the form Azure tools
+    /// export: `-----BEGIN CERTIFICATE-----` and `-----BEGIN PRIVATE KEY-----` or
+    /// `-----BEGIN RSA PRIVATE KEY-----`, in any order).
+    pub fn from_pem(pem: &str) -> std::result::Result<Credential, String> {
+        let mut cert = None;
+        let mut key = None;
+        for (label, der) in pem_blocks(pem)? {
+            match label.as_str() {
+                "CERTIFICATE" if cert.is_none() => cert = Some(der),
+                "PRIVATE KEY" => {
+                    key = Some(RsaKeyPair::from_pkcs8(&der).map_err(|e| {
+                        format!("the private key is not an RSA key ferry can use ({e})")
+                    })?)
+                }
+                "RSA PRIVATE KEY" => {
+                    key = Some(RsaKeyPair::from_der(&der).map_err(|e| {
+                        format!("the RSA private key cannot be read ({e})")
+                    })?)
+                }
+                "ENCRYPTED PRIVATE KEY" => {
+                    return Err("the private key is encrypted; export it without a password (openssl pkcs8 -in key.pem -nocrypt -topk8)".into())
+                }
+                _ => {}
+            }
+        }
+        let cert = cert.ok_or("no -----BEGIN CERTIFICATE----- block in the file")?;
+        let key = key.ok_or("no -----BEGIN PRIVATE KEY----- block in the file")?;
+        let x5t = URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&cert));
+        Ok(Credential::Certificate { key, x5t })
+    }
+}
+
+/// The (label, DER bytes) of every PEM block.
+fn pem_blocks(pem: &str) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let mut lines = pem.lines();
+    while let Some(line) = lines.next() {
+        let Some(label) = line
+            .trim()
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        else {
+            continue;
+        };
+        let end = format!("-----END {label}-----");
+        let mut body = String::new();
+        for l in lines.by_ref() {
+            if l.trim() == end {
+                break;
+            }
+            body.push_str(l.trim());
+        }
+        let der = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| format!("the {label} block is not valid base64"))?;
+        out.push((label.to_string(), der));
+    }
+    Ok(out)
+}
+
+struct Token {
+    value: String,
+    renew_after: Instant,
+}
+
+/// Gets and caches app-only access tokens for Graph.
+pub struct Auth {
+    http: reqwest::Client,
+    token_url: String,
+    client_id: String,
+    scope: String,
+    credential: Credential,
+    cached: tokio::sync::Mutex<Option<Token>>,
+    issued: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+impl Auth {
+    /// Tokens for `scope` (`https://graph.microsoft.com/.default`) from
+    /// `<login>/<tenant>/oauth2/v2.0/token`.
+    pub fn new(
+        http: reqwest::Client,
+        login_endpoint: &str,
+        tenant: &str,
+        client_id: &str,
+        scope: String,
+        credential: Credential,
+    ) -> Auth {
+        Auth {
+            http,
+            token_url: format!(
+                "{}/{}/oauth2/v2.0/token",
+                login_endpoint.trim_end_matches('/'),
+                tenant
+            ),
+            client_id: client_id.to_string(),
+            scope,
+            credential,
+            cached: tokio::sync::Mutex::new(None),
+            issued: Default::default(),
+        }
+    }
+
+    /// How many tokens were fetched (for tests and logs).
+    pub fn tokens_fetched(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A valid token, from the cache unless it is within 5 minutes of expiry.
+    pub async fn token(&self) -> Result<String> {
+        let mut cached = self.cached.lock().await;
+        if let Some(t) = cached.as_ref() {
+            if Instant::now() < t.renew_after {
+                return Ok(t.value.clone());
+            }
+        }
+        let fresh = self.fetch().await?;
+        let value = fresh.value.clone();
+        *cached = Some(fresh);
+        Ok(value)
+    }
+
+    /// Forgets `token` after Graph rejected it, so that the next call fetches a new one (a
+    /// token another request already replaced is left alone).
+    pub async fn reject(&self, token: &str) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|t| t.value == token) {
+            *cached = None;
+        }
+    }
+
+    async fn fetch(&self) -> Result<Token> {
+        let mut form: Vec<(&str, String)> = vec![
+            ("grant_type", "client_credentials".into()),
+            ("client_id", self.client_id.clone()),
+            ("scope", self.scope.clone()),
+        ];
+        match &self.credential {
+            Credential::Secret(s) => form.push(("client_secret", s.clone())),
+            Credential::Certificate { key, x5t } => {
+                form.push((
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".into(),
+                ));
+                form.push(("client_assertion", self.assertion(key, x5t)?));
+            }
+        }
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(&self.token_url)
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::transient(format!(
+                    "cannot reach the sign-in endpoint {}: {}",
+                    self.token_url,
+                    crate::graph::describe_reqwest(&e)
+                ))
+            })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| {
+            Error::transient(format!(
+                "sign-in answer broke off: {}",
+                crate::graph::describe_reqwest(&e)
+            ))
+        })?;
+        if status.is_success() {
+            let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+                Error::fatal(format!(
+                    "the sign-in endpoint {} answered without an access token; is --login-endpoint right?",
+                    self.token_url
+                ))
+            })?;
+            let lifetime = t
+                .expires_in
+                .and_then(|v| {
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                })
+                .unwrap_or(3600);
+            self.issued
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Renew 5 minutes early (or halfway, for very short lifetimes) so no request
+            // goes out with a token about to expire.
+            let margin = (lifetime / 2).min(300);
+            return Ok(Token {
+                value: t.access_token,
+                renew_after: started + Duration::from_secs(lifetime - margin),
+            });
+        }
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Err(
+                Error::transient(format!("the sign-in endpoint answered {status}"))
+                    .with_retry_after(crate::graph::retry_after(&headers)),
+            );
+        }
+        let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
+        // Entra ID puts the reason first and trace ids after; keep the reason.
+        let reason = e
+            .error_description
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let hint = if reason.contains("AADSTS7000215") || reason.contains("AADSTS7000222") {
+            "check FERRY_M365_CLIENT_SECRET (a secret's Value, not its ID; expired secrets must be renewed)"
+        } else if reason.contains("AADSTS700016") {
+            "check --client-id: no app with that id in this tenant"
+        } else if reason.contains("AADSTS90002") || reason.contains("AADSTS900023") {
+            "check the tenant in m365:<tenant> (its domain, like contoso.onmicrosoft.com, or its id)"
+        } else if reason.contains("AADSTS700027") || reason.contains("AADSTS700024") {
+            "check --certificate: upload this certificate to the app registration, and check the machine's clock"
+        } else {
+            "check the tenant, --client-id and the secret or certificate"
+        };
+        Err(Error::fatal(format!(
+            "sign-in to Microsoft Entra ID failed ({} {}): {}; {hint}",
+            status.as_u16(),
+            if e.error.is_empty() {
+                "no error code"
+            } else {
+                e.error.as_str()
+            },
+            if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason.as_str()
+            },
+        )))
+    }
+
+    /// A client assertion: a JWT signed with the certificate's key (RFC 7523), valid 10 minutes.
+    fn assertion(&self, key: &RsaKeyPair, x5t: &str) -> Result<String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut jti = [0u8; 16];
+        ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut jti)
+            .map_err(|_| Error::fatal("no randomness for the client assertion"))?;
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": x5t});
+        let claims = serde_json::json!({
+            "aud": self.token_url,
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "jti": hex::encode(jti),
+            "nbf": now,
+            "iat": now,
+            "exp": now + 600,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signature = vec![0u8; key.public().modulus_len()];
+        key.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            signing_input.as_bytes(),
+            &mut signature,
+        )
+        .map_err(|_| Error::fatal("cannot sign the client assertion with the certificate's key"))?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_without_a_key_is_a_clear_error() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let err = Credential::from_pem(pem).unwrap_err();
+        assert!(err.contains("PRIVATE KEY"), "{err}");
+        assert!(Credential::from_pem("nothing")
+            .unwrap_err()
+            .contains("CERTIFICATE"));
+    }
+}
