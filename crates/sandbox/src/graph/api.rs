@@ -643,6 +643,7 @@ fn message_item(
                 BytesBody {
                     data: Some(bytes::Bytes::from(mime).slice(..len / 2)),
                     fail_after: true,
+                    cutoff: Default::default(),
                 }
                 .boxed()
             } else {
@@ -1418,6 +1419,7 @@ pub(crate) fn download(
         pos: start,
         end,
         stop_at: truncate.then_some(start + span / 2),
+        cutoff: Default::default(),
         corrupt_at: (corrupt && span > 0).then_some(start + span / 2),
     };
     let mut b = http::Response::builder()

@@ -122,6 +122,9 @@ pub struct GraphConfig {
     /// Application permissions the app lacks: `Mail.Read`, `Files.Read.All`,
     /// `Sites.Read.All` (either of these two denies drives and sites), `User.Read.All`.
     pub denied_scopes: Vec<String>,
+    /// Added latency of every mail request (while it holds its mailbox concurrency slot), as a
+    /// busy Exchange server has; zero by default.
+    pub mail_latency: Duration,
 }
 
 impl Default for GraphConfig {
@@ -140,6 +143,7 @@ impl Default for GraphConfig {
             faults: GraphFaults::default(),
             client_certificate: None,
             denied_scopes: Vec::new(),
+            mail_latency: Duration::ZERO,
         }
     }
 }
@@ -421,6 +425,27 @@ impl Body for Guarded {
     }
 }
 
+/// The end of a truncated body: wait a moment so hyper flushes the headers and the bytes sent
+/// so far, then fail, which makes hyper close the connection short of `Content-Length`.
+#[derive(Default)]
+pub(crate) struct Cutoff {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Cutoff {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err(io::Error::other("sandbox: truncated download"))))
+            }
+        }
+    }
+}
+
 /// Generated file content for `start..end`, streamed in 64 KiB frames; optionally stops early
 /// with an error (hyper then closes the connection: a truncated body) or flips one byte.
 pub(crate) struct ContentBody {
@@ -429,6 +454,7 @@ pub(crate) struct ContentBody {
     pub end: u64,
     pub stop_at: Option<u64>,
     pub corrupt_at: Option<u64>,
+    pub cutoff: Cutoff,
 }
 
 impl Body for ContentBody {
@@ -437,12 +463,12 @@ impl Body for ContentBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if let Some(stop) = this.stop_at {
             if this.pos >= stop {
-                return Poll::Ready(Some(Err(io::Error::other("sandbox: truncated download"))));
+                return this.cutoff.poll(cx);
             }
         }
         if this.pos >= this.end {
@@ -474,6 +500,7 @@ impl Body for ContentBody {
 pub(crate) struct BytesBody {
     pub data: Option<Bytes>,
     pub fail_after: bool,
+    pub cutoff: Cutoff,
 }
 
 impl Body for BytesBody {
@@ -482,14 +509,13 @@ impl Body for BytesBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         if self.fail_after {
-            self.fail_after = false;
-            return Poll::Ready(Some(Err(io::Error::other("sandbox: truncated download"))));
+            return self.cutoff.poll(cx);
         }
         Poll::Ready(None)
     }
@@ -1150,6 +1176,9 @@ async fn handle(state: Arc<State>, req: http::Request<hyper::body::Incoming>) ->
                 );
             }
         }
+    }
+    if guard.is_some() && !state.cfg.mail_latency.is_zero() {
+        tokio::time::sleep(state.cfg.mail_latency).await;
     }
     let resp = api::route(&state, &ctx, &r);
     match guard {
