@@ -379,21 +379,21 @@ fn groups(state: &State, ctx: &Ctx, r: &Req, s: &[&str]) -> Resp {
 // ---------------------------------------------------------------------------------------------
 // Mail.
 
-fn resolve_mailbox(state: &State, ctx: &Ctx, r: &Req, seg: &str) -> Result<usize, Resp> {
+fn resolve_mailbox(state: &State, ctx: &Ctx, r: &Req, seg: &str) -> Result<usize, Box<Resp>> {
     let live = state.live.lock().expect("live lock");
     if let Some(u) = state.truth.user(seg) {
         if !u.licensed {
-            return Err(ctx.error(
+            return Err(Box::new(ctx.error(
                 404,
                 "MailboxNotEnabledForRESTAPI",
                 "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
-            ));
+            )));
         }
         return live
             .mailboxes
             .iter()
             .position(|m| m.user_id == u.id && !m.is_archive)
-            .ok_or_else(|| user_not_found(ctx, seg));
+            .ok_or_else(|| Box::new(user_not_found(ctx, seg)));
     }
     // Mailbox ids (MBX:…) are how the beta API addresses an in-place archive.
     if r.version == "beta" {
@@ -405,7 +405,7 @@ fn resolve_mailbox(state: &State, ctx: &Ctx, r: &Req, seg: &str) -> Result<usize
             return Ok(i);
         }
     }
-    Err(user_not_found(ctx, seg))
+    Err(Box::new(user_not_found(ctx, seg)))
 }
 
 fn find_folder<'a>(mb: &'a super::LiveMailbox, f: &str) -> Option<&'a super::MailFolder> {
@@ -506,7 +506,7 @@ fn is_delta(seg: &str) -> bool {
 fn mail(state: &Arc<State>, ctx: &Ctx, r: &Req, user: &str, s: &[&str]) -> Resp {
     let mbi = match resolve_mailbox(state, ctx, r, user) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let immutable = r.immutable_ids();
     let hidden_too = r.q("includeHiddenFolders").is_some_and(|v| eq(v, "true"));
@@ -1109,7 +1109,7 @@ fn drive_delta(
                     repeats.push(item_json(state, d, it, &p, false));
                 }
             }
-            if list.len() % 7 == 0 {
+            if list.len().is_multiple_of(7) {
                 list.append(&mut repeats);
             }
         }

@@ -449,6 +449,7 @@ const ARCHIVE_FOLDERS: &[FolderSeed] = &[
 
 struct MsgCtx<'a> {
     seed: u64,
+    tenant_id: &'a str,
     domain: &'a str,
     owner: (String, String),
     others: &'a [(String, String)],
@@ -475,7 +476,7 @@ fn make_message(
     };
     let (from, to) = if sent {
         (ctx.owner.clone(), vec![other.clone()])
-    } else if j % 3 == 0 {
+    } else if j.is_multiple_of(3) {
         (external, vec![ctx.owner.clone()])
     } else {
         (other.clone(), vec![ctx.owner.clone()])
@@ -556,7 +557,7 @@ fn make_message(
         received: date + 5,
         is_read,
         has_attachments: !spec.attachments.is_empty(),
-        categories: if j % 6 == 0 {
+        categories: if j.is_multiple_of(6) {
             vec!["Blue category".into()]
         } else {
             vec![]
@@ -568,7 +569,6 @@ fn make_message(
 fn make_mailbox(
     rng: &mut Rng,
     ctx: &MsgCtx<'_>,
-    tenant_id: &str,
     seeds: &[FolderSeed],
     messages: usize,
     recoverable: usize,
@@ -654,7 +654,7 @@ fn make_mailbox(
     folders.push(ri_root);
     folders.push(deletions);
     Mailbox {
-        mailbox_id: format!("MBX:{}@{}", rng.guid(), tenant_id),
+        mailbox_id: format!("MBX:{}@{}", rng.guid(), ctx.tenant_id),
         is_archive,
         root_id,
         folders,
@@ -847,6 +847,7 @@ pub(crate) fn generate(cfg: &GraphConfig) -> Truth {
             people.iter().filter(|p| p.1 != *upn).cloned().collect();
         let ctx = MsgCtx {
             seed: cfg.seed,
+            tenant_id: &tenant_id,
             domain: &domain,
             owner: (name.clone(), upn.clone()),
             others: &others,
@@ -855,7 +856,6 @@ pub(crate) fn generate(cfg: &GraphConfig) -> Truth {
         let mailbox = make_mailbox(
             &mut rng,
             &ctx,
-            &tenant_id,
             PRIMARY_FOLDERS,
             cfg.messages_per_user,
             3,
@@ -866,7 +866,6 @@ pub(crate) fn generate(cfg: &GraphConfig) -> Truth {
             make_mailbox(
                 &mut rng,
                 &ctx,
-                &tenant_id,
                 ARCHIVE_FOLDERS,
                 (cfg.messages_per_user / 2).max(4),
                 1,
