@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: run the real `ferry` binary, build hostile source trees,
 //! call the reference validator bagit-python, measure a child's peak memory.
 
+pub mod m365;
 pub mod s3;
 
 use std::ffi::OsStr;
@@ -365,7 +366,7 @@ where
     let mut cmd = Command::new(ferry_bin());
     cmd.args(args).env_remove("FERRY_LOG");
     for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
+        if k.starts_with("AWS_") || k.starts_with("FERRY_M365_") {
             cmd.env_remove(k);
         }
     }

@@ -20,8 +20,8 @@ pub enum Credential {
     /// A certificate's private key, and the certificate's SHA-1 thumbprint (`x5t`) that tells
     /// Entra ID which of the app's certificates signed the assertion.
     Certificate {
-        /// The RSA key.
-        key: RsaKeyPair,
+        /// The RSA key (boxed: it is large, and a credential is made once).
+        key: Box<RsaKeyPair>,
         /// base64url of the SHA-1 of the certificate's DER bytes.
         x5t: String,
     },
@@ -63,7 +63,7 @@ impl Credential {
             }
         }
         let cert = cert.ok_or("no -----BEGIN CERTIFICATE----- block in the file")?;
-        let key = key.ok_or("no -----BEGIN PRIVATE KEY----- block in the file")?;
+        let key = Box::new(key.ok_or("no -----BEGIN PRIVATE KEY----- block in the file")?);
         let x5t = URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&cert));
         Ok(Credential::Certificate { key, x5t })
     }

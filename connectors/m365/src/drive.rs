@@ -376,7 +376,12 @@ fn drive_item(
             id: id.to_string(),
             version: v["cTag"].as_str().map(str::to_string),
             original_name: Some(e.name.clone()),
-            original_path: Some(format!("{}/{}", target.name, rel.join("/"))),
+            original_path: Some(format!(
+                "{}/{}/{}",
+                target.account,
+                target.name,
+                rel.join("/")
+            )),
         },
         path,
     );

@@ -114,7 +114,7 @@ pub(crate) async fn resolve(inner: &Inner) -> Result<Vec<User>> {
                 .collect()
         }
     };
-    users.sort_by(|a, b| a.upn.to_lowercase().cmp(&b.upn.to_lowercase()));
+    users.sort_by_key(|u| u.upn.to_lowercase());
     users.dedup_by(|a, b| a.id == b.id);
     Ok(users)
 }

@@ -309,7 +309,10 @@ mod tests {
                 }
             }
         }
-        for (r, l) in register[12..].iter_mut().zip((data.len() as u64).to_le_bytes()) {
+        for (r, l) in register[12..]
+            .iter_mut()
+            .zip((data.len() as u64).to_le_bytes())
+        {
             *r ^= l;
         }
         register

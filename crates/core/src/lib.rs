@@ -20,11 +20,11 @@ pub mod retry;
 pub mod sink;
 pub mod store;
 
+pub use checksum::QuickXorHash;
 pub use connector::{
     ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo,
 };
 pub use error::{Error, ErrorKind, Result};
-pub use checksum::QuickXorHash;
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};
 pub use item::{ChecksumAlgorithm, Item, ItemKind, SourceChecksum, SourceRef};
 pub use pipeline::{Pipeline, PipelineOptions};

@@ -264,9 +264,15 @@ impl Transfer {
         let policy = self.options.retry;
         let mut attempt = 1;
         let mut retries = 0;
+        // What the last attempt's bytes gave for advisory checksums they did not match.
+        let mut advisory_seen: Vec<String> = Vec::new();
         loop {
             let mut stage = "download";
-            match self.attempt(&item, &path, &mut stage).await {
+            let last_try = attempt >= policy.max_attempts;
+            match self
+                .attempt(&item, &path, &mut stage, &mut advisory_seen, last_try)
+                .await
+            {
                 Ok(stored) => {
                     let outcome = Outcome::Archived {
                         path: stored.path,
@@ -306,6 +312,8 @@ impl Transfer {
         listed: &Item,
         path: &str,
         stage: &mut &'static str,
+        advisory_seen: &mut Vec<String>,
+        last_try: bool,
     ) -> Result<StoredItem> {
         *stage = "download";
         let Opened {
@@ -364,6 +372,12 @@ impl Transfer {
                         let delay = policy.delay(resumes, e.retry_after());
                         tracing::debug!(item = %item.display_name(), error = %e, received, "resuming by range");
                         self.progress.retrying(item, &e, delay);
+                        // Let go of the broken answer first: it may hold a slot the new
+                        // request needs (a mailbox allows 4 requests at once).
+                        drop(std::mem::replace(
+                            &mut stream,
+                            futures::stream::empty().boxed(),
+                        ));
                         tokio::time::sleep(delay).await;
                         match self.connector.open(item, received).await {
                             Ok(opened) => {
@@ -418,6 +432,17 @@ impl Transfer {
                     "checksum mismatch: the source states {:?} {}, the bytes received have {}",
                     stated.algorithm, stated.value, computed
                 )));
+            }
+            if !matches && !last_try && !advisory_seen.contains(&computed) {
+                // A source that rewrites files on download serves the same other bytes every
+                // time; a broken transfer does not. Keep the bytes only when two downloads
+                // agree.
+                advisory_seen.push(computed.clone());
+                writer.abort().await;
+                return Err(Error::transient(format!(
+                    "the bytes received differ from the {:?} the source lists; downloading again to tell a rewrite by the source from a damaged transfer",
+                    stated.algorithm
+                )).with_retry_after(Some(std::time::Duration::ZERO)));
             }
             if !matches {
                 tracing::warn!(
