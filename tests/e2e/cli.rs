@@ -225,8 +225,25 @@ fn the_demo_builds_exports_and_verifies() {
         .collect();
     let folder = entries
         .iter()
-        .find(|p| p.is_dir() && !p.to_string_lossy().ends_with("-s3"))
+        .find(|p| {
+            let n = p.to_string_lossy();
+            p.is_dir() && !n.ends_with("-s3") && !n.ends_with("-m365")
+        })
         .expect("a folder bag");
+    let m365_bag = entries
+        .iter()
+        .find(|p| p.is_dir() && p.to_string_lossy().ends_with("-m365"))
+        .expect("a bag of the sample Microsoft 365 tenant");
+    assert_bagit_py_valid(m365_bag);
+    let m365_items = items(m365_bag);
+    assert!(m365_items
+        .iter()
+        .any(|r| r["media_type"] == "message/rfc822"));
+    assert!(m365_items
+        .iter()
+        .any(|r| r["source_checksums"][0]["algorithm"] == "quickxor"
+            && r["source_checksums"][0]["verified"] == true));
+    assert!(run.stdout.contains("reconciliation of"), "{}", run.stdout);
     let s3_bag = entries
         .iter()
         .find(|p| p.is_dir() && p.to_string_lossy().ends_with("-s3"))

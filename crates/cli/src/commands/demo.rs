@@ -12,8 +12,12 @@ use ferry_archive::verify::{verify, Status, VerifyOptions};
 use ferry_archive::writer::{BagOptions, BagTarget, BagWriter};
 use ferry_core::{Connector, DigestAlgorithm, NoProgress, Pipeline, PipelineOptions, Sink};
 use ferry_fs::{FsConnector, FsOptions};
+use ferry_m365::{Credential, M365Connector, M365Options};
 use ferry_s3::{S3Connector, S3Location, S3Options};
-use ferry_sandbox::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+use ferry_sandbox::{
+    GraphConfig, GraphServer, S3Server, GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
@@ -228,6 +232,52 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
         report.status
     );
     drop(server);
+
+    // And a Microsoft 365 tenant, served by the Graph sandbox on 127.0.0.1.
+    let graph = GraphServer::start(
+        GraphConfig {
+            users: 2,
+            messages_per_user: 12,
+            files_per_user: 6,
+            ..GraphConfig::default()
+        },
+        0,
+    )
+    .await
+    .context("starting the sandbox Graph server")?;
+    let tenant = graph.truth().tenant.clone();
+    let options = M365Options {
+        graph_endpoint: graph.graph_endpoint(),
+        login_endpoint: graph.login_endpoint(),
+        include_recoverable: true,
+        ..M365Options::new(&tenant, GRAPH_CLIENT_ID)
+    };
+    let connector = Arc::new(M365Connector::new(
+        options,
+        Credential::Secret(GRAPH_CLIENT_SECRET.into()),
+    )?);
+    let m365_bag = args.dir.join(format!("{name}-m365"));
+    let bag = export_from(connector, m365_bag.clone()).await?;
+    let report = tokio::task::spawn_blocking({
+        let path = m365_bag.clone();
+        move || verify(&path, &VerifyOptions::default())
+    })
+    .await??;
+    all_valid &= report.status == Status::Valid;
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m365_bag.join("ferry/run.json"))?)?;
+    let details = &run["sources"][0]["details"];
+    println!(
+        "6. Exported m365:{tenant} from a Microsoft Graph stand-in on {} to {}: {} payload files (every message as its original .eml, OneDrive and SharePoint files checked against quickXorHash); reconciliation of {} mail folders and drives: {}; {} delta links saved for incremental runs; {}",
+        graph.graph_endpoint(),
+        m365_bag.display(),
+        bag.payload_files,
+        details["reconciliation"].as_array().map_or(0, Vec::len),
+        details["reconciliation_status"].as_str().unwrap_or("?"),
+        details["cursors"].as_array().map_or(0, Vec::len),
+        report.status
+    );
+    drop(graph);
     let _ = std::fs::remove_dir_all(&sample);
     println!();
     println!("Try next:");
@@ -245,6 +295,7 @@ pub async fn run(_cli: &Cli, args: &DemoArgs) -> Result<i32> {
     );
     println!("  ferry export fs:/your/folder --to /backups/your-folder.zip");
     println!("  ferry sandbox s3 /tmp/s3-root                 # a local S3 store to try s3:// exports against");
+    println!("  ferry sandbox m365                            # a Microsoft 365 stand-in to try m365: exports against");
     Ok(if all_valid { exit::OK } else { exit::PROBLEMS })
 }
 
