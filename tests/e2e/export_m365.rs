@@ -588,3 +588,52 @@ fn a_certificate_signs_in_instead_of_a_secret() {
         run.stderr
     );
 }
+
+#[test]
+fn an_expired_delta_state_mid_listing_lists_that_folder_again() {
+    let fx = GraphFixture::start(GraphConfig {
+        mail_latency: std::time::Duration::from_millis(40),
+        ..config(3, 30, 12)
+    });
+    let dir = tempdir();
+    let bag = dir.path().join("m365");
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args([
+        "export",
+        &format!("m365:{}", fx.tenant()),
+        "--client-id",
+        ferry_sandbox::GRAPH_CLIENT_ID,
+        "--graph-endpoint",
+        &fx.server.graph_endpoint(),
+        "--login-endpoint",
+        &fx.server.login_endpoint(),
+        "--to",
+        bag.to_str().unwrap(),
+        "--page-size",
+        "2",
+        "-q",
+    ])
+    .env("FERRY_M365_CLIENT_SECRET", GRAPH_CLIENT_SECRET)
+    .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Pages of 2 with 40 ms per mail request take a while to list; expire every delta state
+    // (next links included) once the listing is under way.
+    let started = std::time::Instant::now();
+    while fx.server.stats().requests < 30 && started.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    fx.server.invalidate_delta_tokens();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_matches_truth(&bag, fx.server.truth(), false, None, None);
+    let d = details(&bag);
+    assert_eq!(d["reconciliation_status"], "ok", "{d:#}");
+    assert!(
+        d["reconciliation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resynced"] == true),
+        "some folder or drive hit the expired state and was listed again: {d:#}"
+    );
+}

@@ -218,7 +218,8 @@ pub struct S3Args {
     /// (two to three times that, measured); the defaults keep a run near 50 MiB.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub parallel_parts: usize,
-    /// Keys per listing request (the server's default when not given).
+    /// Entries per listing request: S3 keys (the server's default when not given), Microsoft
+    /// Graph items (default 100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub page_size: Option<i32>,
 }
@@ -324,6 +325,17 @@ pub struct SandboxM365Args {
     /// Added latency of every mail request, in milliseconds (a busy Exchange server).
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub mail_latency_ms: u64,
+    /// The first user's OneDrive also holds Large/big-file.bin of this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub large_file_mb: u64,
+    /// Concurrent requests served per mailbox; one more is answered 429 (Outlook's published
+    /// limit per app and mailbox is 4).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub mailbox_concurrency: usize,
+    /// Requests accepted per mailbox within any sliding 10 minutes; one more is answered 429
+    /// with Retry-After (Outlook's published limit per app and mailbox is 10000; 0 = no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub mailbox_requests_per_10min: u64,
 }
 
 /// `ferry sandbox s3`.

@@ -185,6 +185,7 @@ fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>>
         include_recoverable: m.include_recoverable,
         mailbox_concurrency: m.mailbox_concurrency as usize,
         listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
+        page_size: args.s3.page_size.map_or(100, |n| n as usize),
         retry: crate::commands::export::retry_policy(args),
         ..M365Options::new(tenant, &client_id)
     };
