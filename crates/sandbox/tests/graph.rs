@@ -1002,6 +1002,108 @@ async fn fifth_concurrent_mailbox_request_is_throttled() {
 }
 
 #[tokio::test]
+async fn mailbox_request_rate_limit_and_stats_endpoint() {
+    let g = G::new(GraphConfig {
+        mailbox_requests_per_10min: 5,
+        ..GraphConfig::default()
+    })
+    .await;
+    let users: Vec<String> = g.s.truth().licensed_users().map(|u| u.id.clone()).collect();
+    let url = g.v1(&format!("/users/{}/mailFolders", users[0]));
+    for i in 0..5 {
+        let r = g.get(&url, &[]).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    // The 6th within 10 minutes is refused, and keeps being refused.
+    for _ in 0..2 {
+        let r = g.get(&url, &[]).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.json()["error"]["code"], "ApplicationThrottled");
+        assert_eq!(
+            r.json()["error"]["message"],
+            "Application is over its MailboxRequests limit."
+        );
+        let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((590..=600).contains(&secs), "Retry-After {secs}");
+    }
+    // Another mailbox has its own budget; drives are not mailboxes.
+    let other = g.v1(&format!("/users/{}/mailFolders", users[1]));
+    assert_eq!(g.get(&other, &[]).await.status, 200);
+    let drive = g.v1(&format!("/users/{}/drive", users[0]));
+    assert_eq!(g.get(&drive, &[]).await.status, 200);
+
+    let st = g.s.stats();
+    assert_eq!(st.mailbox_rate_rejections, 2);
+    assert_eq!(st.mailbox_concurrency_rejections, 0);
+    assert_eq!(st.mailbox_requests, 8);
+    assert_eq!(st.mailboxes_touched, 2);
+    assert_eq!(st.max_requests_per_mailbox, 7);
+    assert_eq!(st.max_requests_per_mailbox_10min, 5);
+    assert_eq!(st.max_busy_mailboxes, 1);
+
+    // The same counters over HTTP, without a token, and reading them is not counted.
+    let requests = st.requests;
+    let stats_url = format!("http://{}/_sandbox/stats", g.s.addr());
+    let r = send(&g.c, "GET", &stats_url, &[], "").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["stats"]["mailbox_rate_rejections"], 2);
+    assert_eq!(v["stats"]["max_requests_per_mailbox"], 7);
+    assert_eq!(v["stats"]["max_requests_per_mailbox_10min"], 5);
+    assert_eq!(v["stats"]["max_busy_mailboxes"], 1);
+    assert_eq!(v["stats"]["requests"], requests);
+    assert_eq!(v["limits"]["mailbox_requests_per_10min"], 5);
+    assert_eq!(v["limits"]["mailbox_concurrency"], 4);
+    let t = g.s.truth();
+    assert_eq!(v["tenant"]["licensed_users"], users.len());
+    assert_eq!(v["tenant"]["messages"], t.messages().count());
+    assert_eq!(
+        v["tenant"]["onedrive_files"].as_u64().unwrap()
+            + v["tenant"]["sharepoint_files"].as_u64().unwrap(),
+        t.files().count() as u64
+    );
+    assert_eq!(g.s.stats().requests, requests);
+}
+
+#[tokio::test]
+async fn busy_mailboxes_are_counted_at_the_same_moment() {
+    let g = G::new(GraphConfig {
+        mail_latency: Duration::from_millis(300),
+        ..GraphConfig::default()
+    })
+    .await;
+    let users: Vec<String> = g.s.truth().licensed_users().map(|u| u.id.clone()).collect();
+    assert!(users.len() >= 3);
+    let mut tasks = Vec::new();
+    for u in users.iter().take(3) {
+        // Two requests to each of three mailboxes, all at once.
+        for _ in 0..2 {
+            let (c, url, auth) = (
+                g.c.clone(),
+                g.v1(&format!("/users/{u}/mailFolders")),
+                g.auth.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                send(&c, "GET", &url, &[("authorization", &auth)], "")
+                    .await
+                    .status
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // One after another: never more than one busy.
+    let url = g.v1(&format!("/users/{}/mailFolders", users[0]));
+    assert_eq!(g.get(&url, &[]).await.status, 200);
+    let st = g.s.stats();
+    assert_eq!(st.max_busy_mailboxes, 3);
+    assert_eq!(st.max_concurrent_per_mailbox, 2);
+    assert_eq!(st.max_requests_per_mailbox, 3);
+    assert_eq!(st.mailboxes_touched, 3);
+}
+
+#[tokio::test]
 async fn faults_throttle_expiry_truncation_corruption_permissions() {
     let faults = GraphFaults {
         throttle_every: 3,

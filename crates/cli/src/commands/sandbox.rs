@@ -1,4 +1,5 @@
-//! `ferry sandbox s3 ROOT`: a local S3-compatible store to try ferry against.
+//! `ferry sandbox s3 ROOT` and `ferry sandbox m365`: a local S3-compatible store and a local
+//! Microsoft Graph to try ferry against.
 
 use anyhow::{Context, Result};
 use ferry_sandbox::{
@@ -46,6 +47,9 @@ pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 files_per_user: args.files,
                 sites: args.sites,
                 mail_latency: std::time::Duration::from_millis(args.mail_latency_ms),
+                large_file_bytes: args.large_file_mb * 1024 * 1024,
+                mailbox_concurrency: args.mailbox_concurrency,
+                mailbox_requests_per_10min: args.mailbox_requests_per_10min,
                 faults: GraphFaults {
                     throttle_every: args.throttle_every,
                     ..GraphFaults::default()
@@ -60,6 +64,16 @@ pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 "Serving a Microsoft 365 tenant {tenant} ({} users) as Microsoft Graph at {}. Ctrl-C to stop.",
                 args.users,
                 server.graph_endpoint()
+            );
+            println!(
+                "  limits per mailbox: {} concurrent, {} requests per 10 minutes; counters: GET http://{}/_sandbox/stats",
+                args.mailbox_concurrency,
+                if args.mailbox_requests_per_10min == 0 {
+                    "unlimited".to_string()
+                } else {
+                    args.mailbox_requests_per_10min.to_string()
+                },
+                server.addr()
             );
             println!("  export FERRY_M365_CLIENT_SECRET={GRAPH_CLIENT_SECRET}");
             println!(

@@ -31,7 +31,9 @@
 //!   `Prefer: IdType="ImmutableId"`, `$expand=singleValueExtendedProperties($filter=id eq
 //!   'Integer 0x0E08')` (PR_MESSAGE_SIZE), `…/messages/{id}` and `…/messages/{id}/$value`.
 //!   Per-mailbox concurrency limit (graph/throttling-limits, Outlook: 4 concurrent) → 429
-//!   `ApplicationThrottled` "MailboxConcurrency". Users without a mailbox → 404
+//!   `ApplicationThrottled` "MailboxConcurrency"; optionally a per-mailbox request-rate limit
+//!   (Outlook: 10,000 per 10 minutes, [`GraphConfig::mailbox_requests_per_10min`]) → 429
+//!   `ApplicationThrottled` "MailboxRequests" with `Retry-After`. Users without a mailbox → 404
 //!   `MailboxNotEnabledForRESTAPI`.
 //! - In-place archive (graph/archive-mailbox-mail-api, beta only): `GET /beta/users/{u}/settings/exchange`
 //!   gives `primaryMailboxId`/`inPlaceArchiveMailboxId` (`MBX:<guid>@<tenant id>`), and
@@ -51,6 +53,9 @@
 //! - Permissions ([`GraphConfig::denied_scopes`]): 403 `ErrorAccessDenied` (mail),
 //!   `accessDenied` (files/sites), `Authorization_RequestDenied` (directory).
 //!
+//! - `GET /_sandbox/stats` (not Graph; no token): the [`GraphStats`] as JSON, with the
+//!   configured limits and the seeded tenant's totals, for scripts such as the benchmark.
+//!
 //! Not served: writes, `$search`, `$orderby`, calendars/contacts, Teams, batching (`$batch`).
 
 mod api;
@@ -58,7 +63,7 @@ mod content;
 mod quickxor;
 mod tenant;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -115,6 +120,10 @@ pub struct GraphConfig {
     pub token_lifetime: Duration,
     /// Concurrent requests served per mailbox; one more is answered 429.
     pub mailbox_concurrency: usize,
+    /// Requests accepted per mailbox within any sliding 10 minutes (Outlook's published limit
+    /// per app and mailbox is 10,000); one more is answered 429 `ApplicationThrottled` with a
+    /// `Retry-After` of the seconds until the oldest leaves the window. 0 = no limit.
+    pub mailbox_requests_per_10min: u64,
     /// Injected faults.
     pub faults: GraphFaults,
     /// The certificate accepted for client-assertion (certificate) authentication.
@@ -140,6 +149,7 @@ impl Default for GraphConfig {
             page_size: 10,
             token_lifetime: Duration::from_secs(3600),
             mailbox_concurrency: 4,
+            mailbox_requests_per_10min: 0,
             faults: GraphFaults::default(),
             client_certificate: None,
             denied_scopes: Vec::new(),
@@ -194,6 +204,19 @@ pub struct GraphStats {
     pub max_concurrent_per_mailbox: usize,
     /// Requests refused with 429 for the mailbox concurrency limit.
     pub mailbox_concurrency_rejections: u64,
+    /// Requests refused with 429 for the per-mailbox request-rate limit
+    /// ([`GraphConfig::mailbox_requests_per_10min`]).
+    pub mailbox_rate_rejections: u64,
+    /// Mail requests received (accepted or refused), all mailboxes together.
+    pub mailbox_requests: u64,
+    /// Mailboxes (primary and archive count apart) that received any request.
+    pub mailboxes_touched: usize,
+    /// The most requests any one mailbox received (accepted or refused).
+    pub max_requests_per_mailbox: u64,
+    /// The most requests any one mailbox had accepted within a sliding 10 minutes.
+    pub max_requests_per_mailbox_10min: u64,
+    /// The highest number of distinct mailboxes with requests in flight at the same moment.
+    pub max_busy_mailboxes: usize,
     /// 429 and 503 responses sent by fault injection.
     pub throttled: u64,
     /// Access tokens issued.
@@ -282,13 +305,14 @@ pub(crate) struct State {
     pub download_count: AtomicU64,
     pub file_download_count: AtomicU64,
     pub epoch: AtomicU64,
-    inflight: Mutex<HashMap<String, usize>>,
+    mailboxes: Mutex<MailboxLoad>,
     fault_rng: Mutex<Rng>,
     pub secret: u64,
     // Stats.
     requests: AtomicU64,
     max_concurrent: AtomicUsize,
     concurrency_rejections: AtomicU64,
+    rate_rejections: AtomicU64,
     pub throttled: AtomicU64,
     tokens_issued: AtomicU64,
     unauthorized: AtomicU64,
@@ -377,6 +401,35 @@ impl Ctx {
 }
 
 /// Decrements a mailbox's in-flight count when the response body is finished or dropped.
+/// How long the per-mailbox request-rate window is.
+const MAILBOX_WINDOW: Duration = Duration::from_secs(600);
+
+/// Per-mailbox load: requests in flight, and what the stats and the rate limit need.
+#[derive(Default)]
+struct MailboxLoad {
+    /// Requests in flight per mailbox key (absent: none).
+    inflight: HashMap<String, usize>,
+    /// Every mailbox that received a request.
+    seen: HashMap<String, MailboxRecord>,
+    requests: u64,
+    max_received: u64,
+    max_window: u64,
+    max_busy: usize,
+}
+
+#[derive(Default)]
+struct MailboxRecord {
+    received: u64,
+    /// When the requests accepted within the last 10 minutes arrived.
+    window: VecDeque<Instant>,
+}
+
+/// Why a mailbox request is refused.
+pub(crate) enum MailboxRefusal {
+    Concurrency,
+    Rate { retry_after: u64 },
+}
+
 pub(crate) struct InflightGuard {
     state: Arc<State>,
     key: String,
@@ -384,11 +437,11 @@ pub(crate) struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut m = self.state.inflight.lock().expect("inflight lock");
-        if let Some(n) = m.get_mut(&self.key) {
+        let mut m = self.state.mailboxes.lock().expect("mailboxes lock");
+        if let Some(n) = m.inflight.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                m.remove(&self.key);
+                m.inflight.remove(&self.key);
             }
         }
     }
@@ -588,12 +641,13 @@ impl State {
             download_count: AtomicU64::new(0),
             file_download_count: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
-            inflight: Mutex::new(HashMap::new()),
+            mailboxes: Mutex::new(MailboxLoad::default()),
             fault_rng: Mutex::new(Rng::new(seed ^ 0xFA17)),
             secret: content::mix(seed ^ 0x5EC2E7),
             requests: AtomicU64::new(0),
             max_concurrent: AtomicUsize::new(0),
             concurrency_rejections: AtomicU64::new(0),
+            rate_rejections: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             tokens_issued: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
@@ -683,19 +737,135 @@ impl State {
         token
     }
 
-    /// Takes a slot for `key`'s mailbox, or None if it is at the limit.
-    pub fn enter_mailbox(self: &Arc<Self>, key: &str) -> Option<InflightGuard> {
-        let mut m = self.inflight.lock().expect("inflight lock");
-        let n = m.entry(key.to_string()).or_insert(0);
-        if *n >= self.cfg.mailbox_concurrency.max(1) {
-            self.concurrency_rejections.fetch_add(1, Ordering::Relaxed);
-            return None;
+    /// Takes a slot for `key`'s mailbox, or says which limit refuses it. Only accepted
+    /// requests count against the 10-minute window.
+    pub fn enter_mailbox(self: &Arc<Self>, key: &str) -> Result<InflightGuard, MailboxRefusal> {
+        let now = Instant::now();
+        let mut guard = self.mailboxes.lock().expect("mailboxes lock");
+        let m = &mut *guard;
+        m.requests += 1;
+        let rec = m.seen.entry(key.to_string()).or_default();
+        rec.received += 1;
+        m.max_received = m.max_received.max(rec.received);
+        while rec
+            .window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= MAILBOX_WINDOW)
+        {
+            rec.window.pop_front();
         }
-        *n += 1;
-        self.max_concurrent.fetch_max(*n, Ordering::SeqCst);
-        Some(InflightGuard {
+        let inflight = m.inflight.get(key).copied().unwrap_or(0);
+        if inflight >= self.cfg.mailbox_concurrency.max(1) {
+            self.concurrency_rejections.fetch_add(1, Ordering::Relaxed);
+            return Err(MailboxRefusal::Concurrency);
+        }
+        let limit = self.cfg.mailbox_requests_per_10min;
+        if limit > 0 && rec.window.len() as u64 >= limit {
+            self.rate_rejections.fetch_add(1, Ordering::Relaxed);
+            let oldest = rec.window.front().copied().unwrap_or(now);
+            let left = MAILBOX_WINDOW.saturating_sub(now.duration_since(oldest));
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(MailboxRefusal::Rate {
+                retry_after: secs.max(1),
+            });
+        }
+        rec.window.push_back(now);
+        m.max_window = m.max_window.max(rec.window.len() as u64);
+        m.inflight.insert(key.to_string(), inflight + 1);
+        m.max_busy = m.max_busy.max(m.inflight.len());
+        self.max_concurrent
+            .fetch_max(inflight + 1, Ordering::SeqCst);
+        Ok(InflightGuard {
             state: self.clone(),
             key: key.to_string(),
+        })
+    }
+
+    /// A snapshot of the counters.
+    fn stats(&self) -> GraphStats {
+        let m = self.mailboxes.lock().expect("mailboxes lock");
+        GraphStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            max_concurrent_per_mailbox: self.max_concurrent.load(Ordering::SeqCst),
+            mailbox_concurrency_rejections: self.concurrency_rejections.load(Ordering::Relaxed),
+            mailbox_rate_rejections: self.rate_rejections.load(Ordering::Relaxed),
+            mailbox_requests: m.requests,
+            mailboxes_touched: m.seen.len(),
+            max_requests_per_mailbox: m.max_received,
+            max_requests_per_mailbox_10min: m.max_window,
+            max_busy_mailboxes: m.max_busy,
+            throttled: self.throttled.load(Ordering::Relaxed),
+            tokens_issued: self.tokens_issued.load(Ordering::Relaxed),
+            unauthorized: self.unauthorized.load(Ordering::Relaxed),
+            downloads: self.downloads.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `GET /_sandbox/stats`: the counters, the limits and the seeded tenant's totals.
+    fn stats_json(&self) -> Value {
+        let s = self.stats();
+        let t = &self.truth;
+        let (mut od_files, mut od_bytes, mut sp_files, mut sp_bytes) = (0u64, 0u64, 0u64, 0u64);
+        for f in t.files() {
+            let onedrive = t
+                .drive(&f.drive_id)
+                .is_some_and(|d| matches!(d.owner, tenant::DriveOwner::User(_)));
+            if onedrive {
+                od_files += 1;
+                od_bytes += f.size;
+            } else {
+                sp_files += 1;
+                sp_bytes += f.size;
+            }
+        }
+        let (mut msgs, mut msg_bytes, mut recoverable, mut archived) = (0u64, 0u64, 0u64, 0u64);
+        for e in t.messages() {
+            msgs += 1;
+            msg_bytes += e.message.size;
+            if e.folder
+                .path
+                .first()
+                .is_some_and(|p| p == "Recoverable Items")
+            {
+                recoverable += 1;
+            }
+            if e.mailbox.is_archive {
+                archived += 1;
+            }
+        }
+        json!({
+            "stats": {
+                "requests": s.requests,
+                "max_concurrent_per_mailbox": s.max_concurrent_per_mailbox,
+                "mailbox_concurrency_rejections": s.mailbox_concurrency_rejections,
+                "mailbox_rate_rejections": s.mailbox_rate_rejections,
+                "mailbox_requests": s.mailbox_requests,
+                "mailboxes_touched": s.mailboxes_touched,
+                "max_requests_per_mailbox": s.max_requests_per_mailbox,
+                "max_requests_per_mailbox_10min": s.max_requests_per_mailbox_10min,
+                "max_busy_mailboxes": s.max_busy_mailboxes,
+                "throttled": s.throttled,
+                "tokens_issued": s.tokens_issued,
+                "unauthorized": s.unauthorized,
+                "downloads": s.downloads,
+            },
+            "limits": {
+                "mailbox_concurrency": self.cfg.mailbox_concurrency,
+                "mailbox_requests_per_10min": self.cfg.mailbox_requests_per_10min,
+                "mail_latency_ms": self.cfg.mail_latency.as_millis() as u64,
+            },
+            "tenant": {
+                "licensed_users": t.licensed_users().count(),
+                "mailboxes": t.users.iter().map(|u| usize::from(u.mailbox.is_some()) + usize::from(u.archive.is_some())).sum::<usize>(),
+                "messages": msgs,
+                "message_bytes": msg_bytes,
+                "messages_recoverable_items": recoverable,
+                "messages_archive": archived,
+                "onedrive_files": od_files,
+                "onedrive_bytes": od_bytes,
+                "sharepoint_files": sp_files,
+                "sharepoint_bytes": sp_bytes,
+            },
         })
     }
 
@@ -869,16 +1039,7 @@ impl GraphServer {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> GraphStats {
-        let s = &self.state;
-        GraphStats {
-            requests: s.requests.load(Ordering::Relaxed),
-            max_concurrent_per_mailbox: s.max_concurrent.load(Ordering::SeqCst),
-            mailbox_concurrency_rejections: s.concurrency_rejections.load(Ordering::Relaxed),
-            throttled: s.throttled.load(Ordering::Relaxed),
-            tokens_issued: s.tokens_issued.load(Ordering::Relaxed),
-            unauthorized: s.unauthorized.load(Ordering::Relaxed),
-            downloads: s.downloads.load(Ordering::Relaxed),
-        }
+        self.state.stats()
     }
 
     /// Waits until the server stops (it runs until dropped or the process ends).
@@ -1074,6 +1235,14 @@ fn new_guid(state: &State) -> String {
 }
 
 async fn handle(state: Arc<State>, req: http::Request<hyper::body::Incoming>) -> Resp {
+    if req.uri().path() == "/_sandbox/stats" {
+        // Not counted: reading the counters does not change them.
+        return http::Response::builder()
+            .status(200)
+            .header("content-type", "application/json; charset=utf-8")
+            .body(full(state.stats_json().to_string()))
+            .expect("valid response");
+    }
     state.requests.fetch_add(1, Ordering::Relaxed);
     let client_request_id = req
         .headers()
@@ -1166,13 +1335,21 @@ async fn handle(state: Arc<State>, req: http::Request<hyper::body::Incoming>) ->
     {
         let key = api::mailbox_key(&state, &r.segs[1]);
         match state.enter_mailbox(&key) {
-            Some(g) => guard = Some(g),
-            None => {
+            Ok(g) => guard = Some(g),
+            Err(MailboxRefusal::Concurrency) => {
                 return ctx.error_with(
                     429,
                     "ApplicationThrottled",
                     "Application is over its MailboxConcurrency limit.",
                     vec![("retry-after", "1".into())],
+                );
+            }
+            Err(MailboxRefusal::Rate { retry_after }) => {
+                return ctx.error_with(
+                    429,
+                    "ApplicationThrottled",
+                    "Application is over its MailboxRequests limit.",
+                    vec![("retry-after", retry_after.to_string())],
                 );
             }
         }
