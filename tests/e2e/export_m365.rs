@@ -341,6 +341,45 @@ fn a_sharepoint_office_file_served_rewritten_is_kept_and_flagged() {
 }
 
 #[test]
+fn sites_can_be_chosen_by_url() {
+    let fx = GraphFixture::start(GraphConfig {
+        sites: 3,
+        ..config(1, 2, 4)
+    });
+    let truth = fx.server.truth();
+    let site = &truth.sites[1];
+    let dir = tempdir();
+    let bag = dir.path().join("m365");
+    fx.export(&bag, &["--include", "sharepoint", "--sites", &site.web_url])
+        .expect_code(0);
+    let expected: usize = truth
+        .files()
+        .filter(|f| site.drive_ids.contains(&f.drive_id))
+        .count();
+    let records = items(&bag);
+    assert_eq!(records.len(), expected);
+    assert!(records.iter().all(|r| site
+        .drive_ids
+        .iter()
+        .any(|d| r["source"]["container"] == d.as_str())));
+    let run = fx.export(
+        &dir.path().join("nope"),
+        &[
+            "--include",
+            "sharepoint",
+            "--sites",
+            "https://contoso.sharepoint.com/sites/NoSuchSite",
+        ],
+    );
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("no SharePoint site at"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn users_and_include_choose_what_is_read() {
     let fx = GraphFixture::start(config(3, 8, 4));
     let truth = fx.server.truth();

@@ -1253,10 +1253,35 @@ fn sites(state: &Arc<State>, ctx: &Ctx, r: &Req, s: &[&str]) -> Resp {
             paged(state, ctx, r, "sites", list)
         }
         [id, rest @ ..] => {
-            let idx = if eq(id, "root") {
-                (!all.is_empty()).then_some(0)
+            // A site by path (site-getbypath): `/sites/{hostname}:/{server-relative-path}`,
+            // optionally followed by `:/…` for something inside the site.
+            let by_path;
+            let (idx, rest) = if let Some(host) = id.strip_suffix(':') {
+                let end = rest.iter().position(|p| p.ends_with(':'));
+                let (path, tail): (Vec<&str>, &[&str]) = match end {
+                    Some(i) => {
+                        let mut p = rest[..=i].to_vec();
+                        let last = p.pop().unwrap_or_default().trim_end_matches(':');
+                        p.push(last);
+                        (p, &rest[i + 1..])
+                    }
+                    None => (rest.to_vec(), &[]),
+                };
+                let path: Vec<&str> = path.into_iter().filter(|p| !p.is_empty()).collect();
+                by_path = if path.is_empty() {
+                    format!("https://{host}")
+                } else {
+                    format!("https://{host}/{}", path.join("/"))
+                };
+                (
+                    all.iter()
+                        .position(|x| x.web_url.eq_ignore_ascii_case(&by_path)),
+                    tail,
+                )
+            } else if eq(id, "root") {
+                ((!all.is_empty()).then_some(0), rest)
             } else {
-                by_id(id)
+                (by_id(id), rest)
             };
             let Some(i) = idx else {
                 return ctx.error(404, "itemNotFound", "Requested site could not be found");

@@ -48,7 +48,8 @@
 //!   [`GraphServer::invalidate_delta_tokens`]), `…/items/{i}/content` → 302 to a
 //!   pre-authenticated `@microsoft.graph.downloadUrl` (valid one hour, `Range` → 206).
 //!   Business drives list `quickXorHash` only.
-//! - `GET /sites/getAllSites`, `/sites?search=`, `/sites/root`, `/sites/{host,guid,guid}`.
+//! - `GET /sites/getAllSites`, `/sites?search=`, `/sites/root`, `/sites/{host,guid,guid}`,
+//!   `/sites/{hostname}:/{server-relative path}` (site-getbypath).
 //! - Throttling (graph/throttling): 429/503 with `Retry-After: 1` per [`GraphFaults`].
 //! - Permissions ([`GraphConfig::denied_scopes`]): 403 `ErrorAccessDenied` (mail),
 //!   `accessDenied` (files/sites), `Authorization_RequestDenied` (directory).
