@@ -43,15 +43,16 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-
-log() { printf '[bench-m365 %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+LOG_TAG=bench-m365
+SERVER_NAME="the sandbox"
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$here/lib.sh"
 
 mode=full
 for arg in "$@"; do
     case $arg in
         full | quick) mode=$arg ;;
-        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown mode '$arg' (full, quick)" ;;
     esac
 done
@@ -72,7 +73,6 @@ VERIFY=${VERIFY:-0}
 TIMEOUT=${TIMEOUT:-1800}
 KEEP=${KEEP:-0}
 PYTHON=${PYTHON:-python3}
-CLK_TCK=$(getconf CLK_TCK)
 
 for v in USERS MESSAGES FILES LARGE_MB MAILBOX_CONCURRENCY MAILBOX_REQUESTS QUIET_MAX TIMEOUT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"
@@ -82,34 +82,18 @@ for v in $LATENCIES $CONCURRENCY; do [[ $v =~ ^[0-9]+$ ]] || die "LATENCIES and 
 
 default_size=0
 [[ $USERS == 50 && $MESSAGES == 2000 && $FILES == 100 && $LARGE_MB == 260 && $MAILBOX_CONCURRENCY == 4 && $MAILBOX_REQUESTS == 10000 ]] && default_size=1
-if [[ -z ${DOCS+x} ]]; then
-    if ((default_size)) && [[ $mode == full ]]; then DOCS=$repo/docs/benchmarks.md; else DOCS=; fi
-fi
+full_run=0
+((default_size)) && [[ $mode == full ]] && full_run=1
+default_docs "$full_run"
 if ((default_size)); then QUIET_WAIT=${QUIET_WAIT:-300}; else QUIET_WAIT=${QUIET_WAIT:-10}; fi
 [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "QUIET_WAIT is an integer"
 
 # --- Tools ------------------------------------------------------------------------------------
-if [[ ! -x /usr/bin/time ]]; then
-    ((EUID == 0)) || die "/usr/bin/time missing: apt-get install -y time"
-    log "installing time (apt-get)"
-    apt-get install -y -q time >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 || true; apt-get install -y -q time >/dev/null; }
-fi
-for t in timeout curl awk "$PYTHON"; do command -v "$t" >/dev/null || die "$t is missing"; done
+[[ -x /usr/bin/time ]] || apt_install time
+need_tools timeout curl awk "$PYTHON"
 PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
 
-if [[ -z ${FERRY:-} ]]; then
-    log "building ferry (release)"
-    (cd "$repo" && CARGO_TARGET_DIR=$HOME/.cache/ferry-target cargo build --release -q -p ferry-cli)
-    FERRY=$HOME/.cache/ferry-target/release/ferry
-    if commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
-        FERRY_LABEL="built from the work tree at $commit"
-        git -C "$repo" diff --quiet HEAD -- crates connectors Cargo.toml Cargo.lock 2>/dev/null ||
-            FERRY_LABEL+=", with uncommitted changes"
-    fi
-fi
-FERRY_LABEL=${FERRY_LABEL:-FERRY=$FERRY}
-[[ -x $FERRY ]] || die "FERRY=$FERRY is not an executable"
-FERRY=$(readlink -f "$FERRY")
+resolve_ferry
 
 # --- Work dirs, cleanup -----------------------------------------------------------------------
 mkdir -p "$BENCH_DIR"
@@ -119,14 +103,6 @@ DEST=$BENCH_DIR/bag
 rm -rf "$WORK" "$DEST"
 mkdir -p "$WORK/runs"
 
-SERVER_PID=
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
 cleanup() {
     local rc=$?
     stop_server
@@ -142,43 +118,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- Measuring --------------------------------------------------------------------------------
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-pid_ticks() {
-    local s f
-    s=$(<"/proc/$1/stat")
-    read -ra f <<<"${s##*) }"
-    echo $((f[11] + f[12]))
-}
-quiet_gate() {
-    ((QUIET_WAIT > 0)) || return 0
-    local waited=0 a b pct said=0
-    while :; do
-        a=$(busy_ticks)
-        sleep 0.5
-        b=$(busy_ticks)
-        pct=$(((b - a) * 2 * 100 / CLK_TCK))
-        ((pct <= QUIET_MAX)) && break
-        if ((waited >= QUIET_WAIT)); then
-            log "  still busy (${pct}% of a core) after ${QUIET_WAIT}s: measuring anyway"
-            break
-        fi
-        ((said)) || log "  waiting for other processes to quiet down (${pct}% of a core busy)"
-        said=1
-        sleep 2
-        waited=$((waited + 3))
-    done
-}
-fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n 1 || echo '?'; }
-fresh() {
-    rm -rf "$DEST"
-    [[ $(fstype "$BENCH_DIR") == tmpfs ]] || sync -f "$BENCH_DIR"
-}
-server_alive() {
-    kill -0 "$SERVER_PID" 2>/dev/null && return 0
-    log "the sandbox has stopped:"
-    tail -n 20 "$WORK/server.out" "$WORK/server.err" >&2
-    exit 1
-}
+# (busy_ticks, pid_ticks, quiet_gate, fresh_dest, server_alive, server_address: bench/lib.sh)
+fresh() { fresh_dest "$DEST" "$BENCH_DIR"; }
 
 # start_server LATENCY_MS: a fresh sandbox; sets SERVER_PID, ADDR.
 start_server() {
@@ -187,14 +128,8 @@ start_server() {
         --mailbox-concurrency "$MAILBOX_CONCURRENCY" --mailbox-requests-per-10min "$MAILBOX_REQUESTS" \
         >"$WORK/server.out" 2>"$WORK/server.err" &
     SERVER_PID=$!
-    ADDR=
-    for _ in $(seq 600); do
-        ADDR=$(grep -o -m 1 '127\.0\.0\.1:[0-9]*' "$WORK/server.out" || true)
-        [[ -n $ADDR ]] && break
-        server_alive
-        sleep 0.1
-    done
-    [[ -n $ADDR ]] || die "the sandbox did not say where it listens"
+    server_address '127\.0\.0\.1:[0-9]*' 600
+    ADDR=$ADDRESS
 }
 stats() { curl -sf "http://$ADDR/_sandbox/stats"; }
 
@@ -257,20 +192,16 @@ fresh
 # --- Report -----------------------------------------------------------------------------------
 machine=$WORK/machine.tsv
 {
-    printf 'CPU\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-    printf 'cores\t%s\n' "$(nproc)"
-    printf 'RAM\t%s GiB\n' "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
-    printf 'kernel\t%s\n' "$(uname -r)"
-    printf 'ferry\t%s (%s)\n' "$("$FERRY" --version)" "$FERRY_LABEL"
+    machine_tsv
 } >"$machine"
 config=$WORK/config.tsv
 {
     printf 'mode\t%s\n' "$mode"
-    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    date_tsv
     printf 'tenant\t%s users x %s messages, %s OneDrive files per user + one %s MiB file\n' "$USERS" "$MESSAGES" "$FILES" "$LARGE_MB"
     printf 'server\tferry sandbox m365 on 127.0.0.1, --mailbox-concurrency %s --mailbox-requests-per-10min %s\n' "$MAILBOX_CONCURRENCY" "$MAILBOX_REQUESTS"
     printf 'destination\t%s on %s\n' "$BENCH_DIR" "$(fstype "$BENCH_DIR")"
-    printf 'quiet gate\twait for < %s%% of a core busy, at most %s s\n' "$QUIET_MAX" "$QUIET_WAIT"
+    quiet_gate_tsv
     printf 'command\tferry export m365:%s --client-id ID --graph-endpoint EP/v1.0 --login-endpoint EP/login --to DEST --concurrency N --json\n' "$TENANT"
 } >"$config"
 echo

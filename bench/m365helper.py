@@ -18,6 +18,9 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import publish  # noqa: E402
+
 BEGIN = "<!-- bench-m365:begin -->"
 END = "<!-- bench-m365:end -->"
 
@@ -207,24 +210,7 @@ def report(runsdir, machine, config, docs=None):
         w("")
         w("`ferry verify` of each bag (untimed in the table): %s s."
           % ", ".join("%.1f" % (d["verify"] / 1e9) for d in runs if d["verify"]))
-    block = BEGIN + "\n" + "\n".join(lines) + "\n" + END
-    print("\n".join(lines))
-    if docs:
-        try:
-            with open(docs, encoding="utf-8") as f:
-                doc = f.read()
-        except FileNotFoundError:
-            doc = "# Benchmarks\n\n"
-        b, e = doc.find(BEGIN), doc.find(END)
-        if b != -1 and e != -1 and e > b:
-            doc = doc[:b] + block + doc[e + len(END):]
-        else:
-            doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-        tmp = docs + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(doc)
-        os.replace(tmp, docs)
-        sys.stderr.write("wrote results into %s\n" % docs)
+    publish(lines, docs, BEGIN, END)
     return 0
 
 

@@ -33,6 +33,9 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+LOG_TAG=bench
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$here/lib.sh"
 
 RUNS=${RUNS:-3}
 SMALL_FILES=${SMALL_FILES:-20000}
@@ -47,10 +50,6 @@ TMPFS_DIR=${TMPFS_DIR:-/dev/shm/ferry-bench}
 KEEP=${KEEP:-0}
 QUIET_MAX=${QUIET_MAX:-15}
 QUIET_WAIT=${QUIET_WAIT:-300}
-CLK_TCK=$(getconf CLK_TCK)
-
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # --- Which sections ---------------------------------------------------------------------------
 do_hash=0 do_small=0 do_large=0 do_export=0
@@ -62,7 +61,7 @@ for arg in "$@"; do
         small) do_small=1 ;;
         large) do_large=1 ;;
         export) do_export=1 ;;
-        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown section '$arg' (all, hash, small, large, export)" ;;
     esac
 done
@@ -73,34 +72,16 @@ full_run=0
 if [[ $do_small$do_large$do_export == 111 && $SMALL_FILES == 20000 && $LARGE_MB == 512 && $RUNS -ge 3 ]]; then
     full_run=1
 fi
-if [[ -z ${DOCS+x} ]]; then
-    if ((full_run)); then DOCS=$repo/docs/benchmarks.md; else DOCS=; fi
-fi
+default_docs "$full_run"
 
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
-[[ $SMALL_FILES =~ ^[1-9][0-9]*$ ]] || die "SMALL_FILES must be a positive integer"
-[[ $LARGE_MB =~ ^[1-9][0-9]*$ ]] || die "LARGE_MB must be a positive integer"
+positive_ints RUNS SMALL_FILES LARGE_MB
 [[ $QUIET_MAX =~ ^[0-9]+$ && $QUIET_WAIT =~ ^[0-9]+$ ]] || die "QUIET_MAX and QUIET_WAIT are integers"
 
 # --- Tools ------------------------------------------------------------------------------------
 [[ -x /usr/bin/time ]] || die "/usr/bin/time is missing (apt-get install -y time)"
-for t in sha256sum cp python3 bagit.py cargo; do
-    command -v "$t" >/dev/null || die "$t is missing"
-done
+need_tools sha256sum cp python3 bagit.py cargo
 
-if [[ -z ${FERRY:-} ]]; then
-    log "building ferry (release)"
-    (cd "$repo" && CARGO_TARGET_DIR=$HOME/.cache/ferry-target cargo build --release -q -p ferry-cli)
-    FERRY=$HOME/.cache/ferry-target/release/ferry
-    if commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
-        FERRY_LABEL="built from the work tree at $commit"
-        git -C "$repo" diff --quiet HEAD -- crates connectors Cargo.toml Cargo.lock 2>/dev/null ||
-            FERRY_LABEL+=", with uncommitted changes"
-    fi
-fi
-FERRY_LABEL=${FERRY_LABEL:-FERRY=$FERRY}
-[[ -x $FERRY ]] || die "FERRY=$FERRY is not an executable"
-FERRY=$(readlink -f "$FERRY")
+resolve_ferry
 
 log "building bench/hashlimit (release)"
 HASHLIMIT_TARGET=$HOME/.cache/ferry-bench-target
@@ -134,54 +115,20 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- Measuring --------------------------------------------------------------------------------
-# The machine is shared (another developer's cargo may be running): before each measured
-# command, wait until the CPUs are nearly idle, and record how much CPU went to anything else
-# while it ran.
-#
-# busy_ticks: CPU ticks (1/CLK_TCK s) spent busy, all CPUs together, since boot.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-
-# quiet_gate: waits (up to QUIET_WAIT seconds) until the CPUs are busy less than QUIET_MAX
-# percent of one core over half a second. QUIET_WAIT=0 disables it.
-quiet_gate() {
-    ((QUIET_WAIT > 0)) || return 0
-    local waited=0 a b pct said=0
-    while :; do
-        a=$(busy_ticks)
-        sleep 0.5
-        b=$(busy_ticks)
-        pct=$(((b - a) * 2 * 100 / CLK_TCK))
-        ((pct <= QUIET_MAX)) && break
-        if ((waited >= QUIET_WAIT)); then
-            log "  still busy (${pct}% of a core) after ${QUIET_WAIT}s: measuring anyway"
-            break
-        fi
-        ((said)) || log "  waiting for other processes to quiet down (${pct}% of a core busy)"
-        said=1
-        sleep 2
-        waited=$((waited + 3))
-    done
-}
-
+# (busy_ticks, quiet_gate, timed: bench/lib.sh)
 # measure SECTION CASE TOOL RUN BYTES FILES -- COMMAND...
 # Runs COMMAND under /usr/bin/time (peak RSS, CPU time), wall time from the clock around it, and
 # appends one line to RESULTS. A command that fails stops the benchmark.
 measure() {
     local section=$1 case=$2 tool=$3 run=$4 bytes=$5 files=$6
     shift 7
-    local t0 t1 b0 b1 secs rss own other
+    local b0 b1 secs rss own other
     quiet_gate
     b0=$(busy_ticks)
-    t0=$(date +%s%N)
-    if ! /usr/bin/time -f '%M %U %S' -o "$WORK/rss" "$@" >"$WORK/stdout" 2>"$WORK/stderr"; then
-        log "FAILED: $tool ($case): $*"
-        tail -n 20 "$WORK/stdout" "$WORK/stderr" >&2
-        exit 1
-    fi
-    t1=$(date +%s%N)
+    timed "$tool ($case)" "" "$@"
     b1=$(busy_ticks)
-    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
-    read -r rss own < <(tail -n 1 "$WORK/rss" | awk '{ print $1, $2 + $3 }')
+    timed_results
+    secs=$SECS rss=$RSS own=$OWN
     # CPU (in cores, on average) used by anything but the command: other processes, and kernel
     # threads (including writeback of what the command wrote).
     other=$(awk -v b="$((b1 - b0))" -v hz="$CLK_TCK" -v own="$own" -v s="$secs" \
@@ -195,8 +142,6 @@ record_rate() {
     printf 'hash\t%s\t%s\t%s\t%s\t-\t0\t0\t-\n' "$1" "$2" "$3" "$4" >>"$RESULTS"
     log "  $2: $4 MB/s"
 }
-
-fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n 1 || echo '?'; }
 
 warm() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 
@@ -347,13 +292,13 @@ fi
 # --- Report -----------------------------------------------------------------------------------
 machine=$WORK/machine.tsv
 {
-    printf 'CPU\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+    printf 'CPU\t%s\n' "$(cpu_model)"
     printf 'cores\t%s (%s thread(s) per core as the guest sees it)\n' "$CORES" "$(lscpu 2>/dev/null | sed -n 's/^Thread(s) per core:[[:space:]]*//p')"
     printf 'SHA-NI\t%s\n' "$(grep -qw sha_ni /proc/cpuinfo && echo yes || echo no)"
-    printf 'RAM\t%s GiB\n' "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
+    printf 'RAM\t%s GiB\n' "$(ram_gib)"
     printf 'kernel\t%s\n' "$(uname -r)"
     printf 'BENCH_DIR\t%s on %s\n' "$BENCH_DIR" "$(fstype "$BENCH_DIR")"
-    printf 'ferry\t%s (%s)\n' "$("$FERRY" --version)" "$FERRY_LABEL"
+    ferry_tsv
     printf 'bagit.py\t%s\n' "$(bagit.py --version 2>&1 | head -n 1)"
     printf 'sha256sum\t%s\n' "$(sha256sum --version | head -n 1)"
     printf 'cp\t%s\n' "$(cp --version | head -n 1)"
@@ -364,14 +309,14 @@ machine=$WORK/machine.tsv
 config=$WORK/config.tsv
 {
     printf 'sections\t%s\n' "$sections"
-    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    date_tsv
     printf 'runs\t%s\n' "$RUNS"
     printf 'small\t%s × 4 KiB in %s folders\n' "$SMALL_FILES" "$SMALL_FOLDERS"
     printf 'large\t%s × %s MiB\n' "$LARGE_FILES" "$LARGE_MB"
     printf 'peer processes\t%s\n' "$PROCS"
     printf 'ferry verify threads\tdefault (every core)\n'
     printf 'ferry export concurrency\tdefault\n'
-    printf 'quiet gate\twait for < %s%% of a core busy, at most %s s\n' "$QUIET_MAX" "$QUIET_WAIT"
+    quiet_gate_tsv
 } >"$config"
 
 echo

