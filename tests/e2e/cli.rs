@@ -68,12 +68,25 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
 
     let run = ferry([
         "export",
-        "m365:contoso.onmicrosoft.com",
+        "google:example.no",
         "--to",
         tmp.path().join("bag").to_str().unwrap(),
     ]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("not in this version"), "{}", run.stderr);
+
+    let run = ferry_env(
+        [
+            "export",
+            "m365:contoso.onmicrosoft.com",
+            "--to",
+            tmp.path().join("bag").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--client-id"), "{}", run.stderr);
+    assert!(!tmp.path().join("bag").exists());
 
     let run = ferry([
         "export",

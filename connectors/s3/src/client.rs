@@ -26,6 +26,40 @@ pub(crate) struct Built {
     pub host: String,
 }
 
+impl Built {
+    /// Checks that `bucket` exists and can be listed with these credentials, with one listing
+    /// request (a HEAD answers a bare 404/403 without a code to explain); any failure stops the
+    /// run, named as `what`.
+    pub(crate) async fn check_bucket(
+        &self,
+        bucket: &str,
+        what: &str,
+        retry: &ferry_core::RetryPolicy,
+    ) -> ferry_core::Result<()> {
+        let ctx = crate::errors::Context {
+            endpoint: &self.endpoint,
+            what,
+            scope: crate::errors::Scope::Bucket,
+        };
+        crate::errors::send_with_retry(retry, &ctx, "the bucket check", || {
+            self.client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(1)
+                .send()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            if e.is_fatal() {
+                e
+            } else {
+                ferry_core::Error::fatal(e.to_string())
+            }
+        })
+    }
+}
+
 pub(crate) async fn build(options: &S3Options) -> Built {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(

@@ -963,31 +963,9 @@ impl Connector for S3Connector {
             inner.list_buckets(built).await?;
             return Ok(());
         };
-        let what = format!("s3://{bucket}");
-        let ctx = Context {
-            endpoint: &built.endpoint,
-            what: &what,
-            scope: Scope::Bucket,
-        };
-        // One listing request checks existence, credentials and the right to list at once
-        // (HEAD answers a bare 404/403 without a code to explain).
-        send_with_retry(&inner.options.retry, &ctx, "the bucket check", || {
-            built
-                .client
-                .list_objects_v2()
-                .bucket(bucket)
-                .max_keys(1)
-                .send()
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            if e.is_fatal() {
-                e
-            } else {
-                Error::fatal(e.to_string())
-            }
-        })
+        built
+            .check_bucket(bucket, &format!("s3://{bucket}"), &inner.options.retry)
+            .await
     }
 
     fn list(&self) -> ListingStream<'_> {

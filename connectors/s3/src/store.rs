@@ -105,29 +105,9 @@ impl ObjectStore for S3Store {
     async fn check(&self) -> Result<()> {
         let inner = &self.inner;
         let built = inner.built().await;
-        let what = self.uri();
-        let ctx = Context {
-            endpoint: &built.endpoint,
-            what: &what,
-            scope: Scope::Bucket,
-        };
-        send_with_retry(&inner.retry(), &ctx, "the bucket check", || {
-            built
-                .client
-                .list_objects_v2()
-                .bucket(inner.bucket())
-                .max_keys(1)
-                .send()
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| {
-            if e.is_fatal() {
-                e
-            } else {
-                Error::fatal(e.to_string())
-            }
-        })
+        built
+            .check_bucket(inner.bucket(), &self.uri(), &inner.retry())
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<StoredObject>> {

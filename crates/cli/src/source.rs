@@ -92,6 +92,14 @@ pub fn s3_store(
     )?))
 }
 
+/// The bag at `uri` in an object store, for reading (`ferry verify`, `ferry ls`), checked to
+/// exist and be readable.
+pub async fn s3_bag_to_read(uri: &str, conn: &S3ConnectionArgs) -> Result<Arc<dyn ObjectStore>> {
+    let store = s3_store(uri, conn, ferry_core::RetryPolicy::default(), 8 << 20, None)?;
+    store.check().await?;
+    Ok(store)
+}
+
 /// A folder connector, after making sure the bag will not be written inside the folder it
 /// reads (the export would archive itself, forever).
 fn fs_connector(root: &Path, args: &ExportArgs) -> Result<Arc<dyn Connector>> {

@@ -15,14 +15,7 @@ use crate::cli::{Cli, LsArgs};
 pub async fn run(_cli: &Cli, args: &LsArgs) -> Result<i32> {
     let uri = args.bag.to_string_lossy().into_owned();
     let store = if uri.starts_with("s3://") {
-        let store = crate::source::s3_store(
-            &uri,
-            &args.s3,
-            ferry_core::RetryPolicy::default(),
-            8 << 20,
-            None,
-        )?;
-        store.check().await?;
+        let store = crate::source::s3_bag_to_read(&uri, &args.s3).await?;
         Some(store)
     } else {
         None

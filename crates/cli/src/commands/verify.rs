@@ -26,14 +26,7 @@ pub async fn run(cli: &Cli, args: &VerifyArgs) -> Result<i32> {
     let uri = path.to_string_lossy().into_owned();
     // Hashing runs on its own threads; keep the async runtime out of its way.
     let report = if uri.starts_with("s3://") {
-        let store = crate::source::s3_store(
-            &uri,
-            &args.s3,
-            ferry_core::RetryPolicy::default(),
-            8 << 20,
-            None,
-        )?;
-        store.check().await?;
+        let store = crate::source::s3_bag_to_read(&uri, &args.s3).await?;
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             BagReader::open_store(store, runtime)
