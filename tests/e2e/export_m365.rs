@@ -305,6 +305,19 @@ fn a_permanently_failing_item_is_listed_and_everything_else_archived() {
     assert!(failures.contains("500"), "{failures}");
     assert_matches_truth(&bag, fx.server.truth(), false, Some(&subject), Some(&file));
     assert_eq!(details(&bag)["reconciliation_status"], "problems");
+    // Every record conforms to the published schemas.
+    let errors = schema_errors("items.schema.json", &items(&bag));
+    assert!(errors.is_empty(), "{errors:#?}");
+    let failures: Vec<Value> = failures
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let errors = schema_errors("failure.schema.json", &failures);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let run: Value =
+        serde_json::from_slice(&std::fs::read(bag.join("ferry/run.json")).unwrap()).unwrap();
+    let errors = schema_errors("run.schema.json", std::slice::from_ref(&run));
+    assert!(errors.is_empty(), "{errors:#?}");
     assert_bagit_py_valid(&bag);
 }
 
@@ -330,6 +343,8 @@ fn a_sharepoint_office_file_served_rewritten_is_kept_and_flagged() {
     assert!(r["source_checksums"][0]["observed"].is_string(), "{r}");
     assert_eq!(r["extra"]["listed_size"], odd.listed_size);
     assert_eq!(r["extra"]["served_size"], odd.size);
+    let errors = schema_errors("items.schema.json", &items(&bag));
+    assert!(errors.is_empty(), "{errors:#?}");
     assert_eq!(
         std::fs::read(bag.join(r["path"].as_str().unwrap())).unwrap(),
         read_all(odd.bytes())
