@@ -431,9 +431,11 @@ fn drive_item(
         .filter(|b| b.len() == 20);
     let advisory = target.drive_type == "documentLibrary" && rewritten_by_sharepoint(&e.name);
     if let Some(q) = &qx {
-        let c = SourceChecksum::new(ChecksumAlgorithm::QuickXor, hex::encode(q));
-        item.source_checksums
-            .push(if advisory { c.advisory() } else { c });
+        // Strict here; `open` makes it advisory when SharePoint serves another length.
+        item.source_checksums.push(SourceChecksum::new(
+            ChecksumAlgorithm::QuickXor,
+            hex::encode(q),
+        ));
     }
     if let Some(s) = size {
         x.insert("listed_size".into(), s.into());
@@ -513,8 +515,17 @@ pub(crate) async fn open(inner: &Inner, item: &Item, offset: u64) -> Result<Open
     if item.extra.get("sharepoint_may_rewrite").is_some() {
         update.size = crate::mail::total_length(&d.response, offset);
         if let (Some(served), Some(listed)) = (update.size, item.extra["listed_size"].as_u64()) {
+            // SharePoint's rewrite of an Office file changes its length. Bytes of the listed
+            // length that do not match the listed hash are damaged, not rewritten: the hash
+            // stays strict for them.
             if served != listed {
                 update.extra.insert("served_size".into(), served.into());
+                update.source_checksums.extend(
+                    item.source_checksums
+                        .iter()
+                        .filter(|c| c.algorithm == ChecksumAlgorithm::QuickXor)
+                        .map(|c| c.clone().advisory()),
+                );
             }
         }
     }

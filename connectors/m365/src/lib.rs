@@ -159,6 +159,8 @@ pub(crate) struct FolderRecord {
     pub total_item_count: Option<u64>,
     pub listed: u64,
     pub resynced: bool,
+    /// The listing broke off (the failure is in failures.jsonl).
+    pub listing_failed: bool,
 }
 
 /// One drive as the listing found it.
@@ -436,7 +438,13 @@ impl Connector for M365Connector {
                 .copied()
                 .unwrap_or_default();
             let total = f.total_item_count.unwrap_or(f.listed);
-            let (status, explanation) = if counts.failed > 0 {
+            let (status, explanation) = if f.listing_failed {
+                (
+                    "failures",
+                    "the folder could not be listed to the end; see ferry/failures.jsonl"
+                        .to_string(),
+                )
+            } else if counts.failed > 0 {
                 (
                     "failures",
                     format!(

@@ -2,6 +2,8 @@
 //! Deletions folder when asked, the user's in-place archive where there is one; each folder
 //! listed with a message delta query, and each message opened as its original MIME (`$value`).
 
+use std::collections::HashSet;
+
 use ferry_core::{Error, Item, ItemUpdate, Listing, Opened, Result, SourceRef};
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -268,43 +270,61 @@ async fn list_folder(
     );
     let what = format!("{}: messages in {}", user.upn, folder.path.join("/"));
     let mut resynced = false;
-    let (messages, delta) = loop {
-        match inner
+    // Items go to the pipeline page by page, so memory does not grow with a folder's size;
+    // only a 64-bit hash of each id is kept, to pass over a message that a delta listing
+    // returns twice (it changed while being paged) and over a restarted listing's repeats.
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut listed = 0u64;
+    let mut listing_failed = false;
+    let mut next = start.clone();
+    let delta = loop {
+        let mut page = match inner
             .graph
-            .collect(&start, Scope::Mail, Some(&mb.id), &what)
+            .get_json(&next, Scope::Mail, Some(&mb.id), &what)
             .await
         {
-            Ok(r) => break r,
+            Ok(p) => p,
             // The paging state expired mid-listing: start the folder again, once.
             Err(g) if g.status == Some(410) && !resynced => {
                 tracing::info!("{what}: delta state expired; listing the folder again");
                 resynced = true;
+                next = start.clone();
+                continue;
             }
             Err(g) => {
-                return fail_listing(tx, user, &format!("mail/{}", folder.path.join("/")), g).await;
+                listing_failed = true;
+                fail_listing(tx, user, &format!("mail/{}", folder.path.join("/")), g).await?;
+                break None;
+            }
+        };
+        if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
+            for m in values {
+                let Some(id) = m["id"].as_str() else { continue };
+                if m.get("@removed").is_some() {
+                    // Deleted while the folder was being listed. If it was already handed
+                    // on, its download fails with "not found", which says so.
+                    continue;
+                }
+                if !seen.insert(id_hash(id)) {
+                    continue;
+                }
+                listed += 1;
+                send(
+                    tx,
+                    Listing::Item(message_item(inner, user, mb, &folder, id, &m)),
+                )
+                .await?;
             }
         }
-    };
-    // A message can show up twice in one delta listing (changed while paging): last wins.
-    let mut by_id: indexmap_lite::OrderedMap = Default::default();
-    for m in messages {
-        let Some(id) = m["id"].as_str().map(str::to_string) else {
+        if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
+            next = link.to_string();
             continue;
-        };
-        if m.get("@removed").is_some() {
-            by_id.remove(&id);
-        } else {
-            by_id.insert(id, m);
         }
-    }
-    let listed = by_id.len() as u64;
-    for (id, m) in by_id.into_iter() {
-        send(
-            tx,
-            Listing::Item(message_item(inner, user, mb, &folder, &id, &m)),
-        )
-        .await?;
-    }
+        break page
+            .get("@odata.deltaLink")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    };
     let mut st = inner.state.lock().expect("state");
     st.folders.push(FolderRecord {
         account: user.upn.clone(),
@@ -315,6 +335,7 @@ async fn list_folder(
         total_item_count: folder.total,
         listed,
         resynced,
+        listing_failed,
     });
     if let Some(link) = delta {
         st.cursors.push(json!({
@@ -328,6 +349,12 @@ async fn list_folder(
         }));
     }
     Ok(())
+}
+
+/// A 64-bit hash of a message id (SHA-256's first 8 bytes: the same on every run and machine).
+fn id_hash(id: &str) -> u64 {
+    let d = sha2::Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 fn parse_time(v: &Value) -> Option<OffsetDateTime> {
@@ -467,7 +494,16 @@ pub(crate) async fn open(inner: &Inner, item: &Item, offset: u64) -> Result<Open
         .graph
         .open(&url, Scope::Mail, Some(&mailbox), &what, offset, true)
         .await
-        .map_err(Error::from)?;
+        .map_err(|g| {
+            if g.status == Some(404) {
+                Error::permanent(format!(
+                    "{what}: the message is no longer in the mailbox (deleted or moved since it was listed; {})",
+                    g.error.message()
+                ))
+            } else {
+                g.error
+            }
+        })?;
     let status = d.response.status().as_u16();
     if offset > 0 && status != 206 {
         return Err(Error::transient(format!(
@@ -498,36 +534,4 @@ pub(crate) fn total_length(r: &reqwest::Response, offset: u64) -> Option<u64> {
         return Some(total);
     }
     r.content_length().map(|l| l + offset)
-}
-
-/// An insertion-ordered map without a dependency: ids in the order the listing gave them.
-mod indexmap_lite {
-    use std::collections::HashMap;
-
-    use serde_json::Value;
-
-    #[derive(Default)]
-    pub struct OrderedMap {
-        order: Vec<String>,
-        values: HashMap<String, Value>,
-    }
-
-    impl OrderedMap {
-        pub fn insert(&mut self, k: String, v: Value) {
-            if self.values.insert(k.clone(), v).is_none() {
-                self.order.push(k);
-            }
-        }
-        pub fn remove(&mut self, k: &str) {
-            self.values.remove(k);
-        }
-        pub fn len(&self) -> usize {
-            self.values.len()
-        }
-        pub fn into_iter(mut self) -> impl Iterator<Item = (String, Value)> {
-            self.order
-                .into_iter()
-                .filter_map(move |k| self.values.remove(&k).map(|v| (k, v)))
-        }
-    }
 }

@@ -38,8 +38,13 @@ impl ItemUpdate {
         }
         item.extra.extend(self.extra);
         for c in self.source_checksums {
-            if !item.source_checksums.contains(&c) {
-                item.source_checksums.push(c);
+            // The same checksum stated again replaces the listed one (a connector may learn on
+            // opening that a listed checksum is only advisory); a new one is added.
+            match item.source_checksums.iter_mut().find(|e| {
+                e.algorithm == c.algorithm && e.value == c.value && e.part_size == c.part_size
+            }) {
+                Some(existing) => *existing = c,
+                None => item.source_checksums.push(c),
             }
         }
     }
