@@ -3,7 +3,7 @@
 //! merged, last wins; deleted entries ignored), each file downloaded through its pre-signed
 //! download URL with Range resume and checked against Graph's quickXorHash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -201,9 +201,21 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
         segment(&target.drive_id)
     );
     let mut resynced = false;
-    let (entries, delta) = loop {
-        match inner.graph.collect(&url, target.scope, None, &what).await {
-            Ok(r) => break r,
+    // Files go to the pipeline as their pages arrive, so memory grows with the number of
+    // folders, not files. A file whose folder has not been seen yet (the docs promise no
+    // order) waits until the end; a file listed twice is taken once (its bytes are read at
+    // download time anyway).
+    let mut folders: HashMap<String, Entry> = HashMap::new();
+    let mut folder_order: Vec<String> = Vec::new();
+    let mut has_children: HashSet<String> = HashSet::new();
+    let mut seen_files: HashSet<u64> = HashSet::new();
+    let mut waiting: Vec<(String, Entry)> = Vec::new();
+    let mut root_id: Option<String> = None;
+    let (mut files, mut deleted, mut repeats) = (0u64, 0u64, 0u64);
+    let mut next = url.clone();
+    let delta = loop {
+        let mut page = match inner.graph.get_json(&next, target.scope, None, &what).await {
+            Ok(p) => p,
             // Expired state: start again where the answer says (or from scratch), once.
             Err(g) if g.status == Some(410) && !resynced => {
                 tracing::info!("{what}: delta state expired; listing the drive again");
@@ -211,81 +223,106 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
                 if let Some(loc) = g.location.filter(|l| l.starts_with("http")) {
                     url = loc;
                 }
-            }
-            Err(g) => {
-                return fail(tx, &format!("m365:{}/{}", target.account, target.name), g).await
-            }
-        }
-    };
-    let mut by_id: HashMap<String, Entry> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut root_id = None;
-    let mut deleted = 0u64;
-    let mut repeats = 0u64;
-    for v in entries {
-        let Some(id) = v["id"].as_str().map(str::to_string) else {
-            continue;
-        };
-        if v.get("root").is_some() {
-            root_id = Some(id);
-            continue;
-        }
-        if v.get("deleted").is_some() {
-            deleted += 1;
-            by_id.remove(&id);
-            continue;
-        }
-        let entry = Entry {
-            name: v["name"].as_str().unwrap_or(&id).to_string(),
-            parent: v["parentReference"]["id"].as_str().map(str::to_string),
-            value: v,
-        };
-        if by_id.insert(id.clone(), entry).is_some() {
-            repeats += 1;
-        } else {
-            order.push(id);
-        }
-    }
-    // Paths from parent ids; folders that hold something.
-    let mut has_children: std::collections::HashSet<String> = Default::default();
-    for e in by_id.values() {
-        if let Some(p) = &e.parent {
-            has_children.insert(p.clone());
-        }
-    }
-    let mut files = 0;
-    let mut folders = 0;
-    for id in &order {
-        let Some(e) = by_id.get(id) else { continue };
-        let Some(rel) = path_of(&by_id, root_id.as_deref(), id) else {
-            fail(
-                tx,
-                &format!("m365:{}/{}/{}", target.account, target.name, e.name),
-                GraphError {
-                    status: None,
-                    code: String::new(),
-                    location: None,
-                    error: Error::permanent(format!(
-                        "{what}: {:?} (id {id}) sits in a folder the delta listing did not return",
-                        e.name
-                    )),
-                },
-            )
-            .await?;
-            continue;
-        };
-        let is_folder = e.value.get("folder").is_some() || e.value.get("package").is_some();
-        if is_folder {
-            folders += 1;
-            if has_children.contains(id) {
+                next = url.clone();
                 continue;
             }
-        } else if e.value.get("file").is_some() {
-            files += 1;
+            Err(g) => {
+                fail(tx, &format!("m365:{}/{}", target.account, target.name), g).await?;
+                break None;
+            }
+        };
+        let values = match page.get_mut("value").map(Value::take) {
+            Some(Value::Array(v)) => v,
+            _ => Vec::new(),
+        };
+        for v in values {
+            let Some(id) = v["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            if v.get("root").is_some() {
+                root_id = Some(id);
+                continue;
+            }
+            if v.get("deleted").is_some() {
+                deleted += 1;
+                if folders.remove(&id).is_some() {
+                    folder_order.retain(|f| f != &id);
+                }
+                waiting.retain(|(w, _)| w != &id);
+                continue;
+            }
+            let entry = Entry {
+                name: v["name"].as_str().unwrap_or(&id).to_string(),
+                parent: v["parentReference"]["id"].as_str().map(str::to_string),
+                value: v,
+            };
+            if let Some(p) = &entry.parent {
+                has_children.insert(p.clone());
+            }
+            let is_folder =
+                entry.value.get("folder").is_some() || entry.value.get("package").is_some();
+            if is_folder {
+                if folders.insert(id.clone(), entry).is_some() {
+                    repeats += 1;
+                } else {
+                    folder_order.push(id);
+                }
+                continue;
+            }
+            if !seen_files.insert(id_hash(&id)) {
+                repeats += 1;
+                continue;
+            }
+            match file_path(&folders, root_id.as_deref(), &entry) {
+                Some(rel) => {
+                    files += 1;
+                    let item = drive_item(inner, &target, &id, &entry, rel, false);
+                    send(tx, Listing::Item(item)).await?;
+                }
+                None => waiting.push((id, entry)),
+            }
         }
-        let item = drive_item(inner, &target, id, e, rel, is_folder);
-        send(tx, Listing::Item(item)).await?;
+        if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
+            next = link.to_string();
+            continue;
+        }
+        break page
+            .get("@odata.deltaLink")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    };
+    // Files whose folders came later, then the folders that hold nothing.
+    for (id, e) in waiting {
+        match file_path(&folders, root_id.as_deref(), &e) {
+            Some(rel) => {
+                files += 1;
+                send(
+                    tx,
+                    Listing::Item(drive_item(inner, &target, &id, &e, rel, false)),
+                )
+                .await?;
+            }
+            None => orphan(tx, &target, &what, &id, &e).await?,
+        }
     }
+    let folder_count = folder_order.len() as u64;
+    for id in &folder_order {
+        let Some(e) = folders.get(id) else { continue };
+        if has_children.contains(id) {
+            continue;
+        }
+        match path_of(&folders, root_id.as_deref(), id) {
+            Some(rel) => {
+                send(
+                    tx,
+                    Listing::Item(drive_item(inner, &target, id, e, rel, true)),
+                )
+                .await?
+            }
+            None => orphan(tx, &target, &what, id, e).await?,
+        }
+    }
+    let folders = folder_count;
     let mut st = inner.state.lock().expect("state");
     st.drives.push(DriveRecord {
         account: target.account.clone(),
@@ -308,6 +345,46 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
         }));
     }
     Ok(())
+}
+
+/// A file's path below the drive root, once every folder above it is known.
+fn file_path(
+    folders: &HashMap<String, Entry>,
+    root: Option<&str>,
+    e: &Entry,
+) -> Option<Vec<String>> {
+    let mut rel = match e.parent.as_deref() {
+        None => Vec::new(),
+        Some(p) if Some(p) == root => Vec::new(),
+        Some(p) => path_of(folders, root, p)?,
+    };
+    rel.push(e.name.clone());
+    Some(rel)
+}
+
+/// An item whose folder the delta listing never returned: a failure, not a silent loss.
+async fn orphan(tx: &Sender, target: &DriveTarget, what: &str, id: &str, e: &Entry) -> Result<()> {
+    fail(
+        tx,
+        &format!("m365:{}/{}/{}", target.account, target.name, e.name),
+        GraphError {
+            status: None,
+            code: String::new(),
+            location: None,
+            error: Error::permanent(format!(
+                "{what}: {:?} (id {id}) sits in a folder the delta listing did not return",
+                e.name
+            )),
+        },
+    )
+    .await
+}
+
+/// A 64-bit hash of an item id.
+fn id_hash(id: &str) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 /// The item's path below the drive root, from the names of its ancestors.

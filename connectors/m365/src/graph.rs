@@ -240,8 +240,19 @@ impl Graph {
         authorized: bool,
     ) -> std::result::Result<Download, GraphError> {
         let range = (offset > 0).then(|| format!("bytes={offset}-"));
-        self.send(url, scope, mailbox, what, range, authorized)
+        match self
+            .send(url, scope, mailbox, what, range.clone(), authorized)
             .await
+        {
+            // The token expired or was revoked: `send` dropped it, so the second try goes
+            // out with a fresh one. Not worth a retry of the whole transfer.
+            Err(g) if g.status == Some(401) && authorized => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                self.send(url, scope, mailbox, what, range, authorized)
+                    .await
+            }
+            other => other,
+        }
     }
 
     async fn send(
