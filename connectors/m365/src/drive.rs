@@ -12,11 +12,10 @@ use ferry_core::{
     SourceRef,
 };
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 
 use crate::graph::{segment, GraphError, Scope};
 use crate::users::User;
-use crate::{send, DriveRecord, Inner, Sender, SiteSelection};
+use crate::{fail_listing, id_hash, parse_time, send, DriveRecord, Inner, Sender, SiteSelection};
 
 /// Where a drive's files go in the archive, and whose they are.
 struct DriveTarget {
@@ -46,7 +45,7 @@ pub(crate) async fn list_user_drive(inner: &Inner, user: &User, tx: &Sender) -> 
             ));
             return Ok(());
         }
-        Err(g) => return fail(tx, &format!("m365:{}/onedrive", user.upn), g).await,
+        Err(g) => return fail_listing(tx, &format!("m365:{}/onedrive", user.upn), g).await,
     };
     let Some(id) = drive["id"].as_str() else {
         return Ok(());
@@ -77,7 +76,7 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
                 .await
             {
                 Ok((s, _)) => s,
-                Err(g) => return fail(tx, "m365:sites", g).await,
+                Err(g) => return fail_listing(tx, "m365:sites", g).await,
             }
         }
         SiteSelection::Urls(urls) => {
@@ -106,7 +105,7 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
                             "no SharePoint site at {u}; check --sites"
                         )))
                     }
-                    Err(g) => fail(tx, &format!("m365:site {u}"), g).await?,
+                    Err(g) => fail_listing(tx, &format!("m365:site {u}"), g).await?,
                 }
             }
             out
@@ -145,7 +144,7 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
         {
             Ok((d, _)) => d,
             Err(g) => {
-                fail(tx, &format!("m365:sites/{site_name}"), g).await?;
+                fail_listing(tx, &format!("m365:sites/{site_name}"), g).await?;
                 continue;
             }
         };
@@ -169,24 +168,6 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
     Ok(())
 }
 
-async fn fail(tx: &Sender, name: &str, g: GraphError) -> Result<()> {
-    if g.error.is_fatal() {
-        return Err(g.error);
-    }
-    send(
-        tx,
-        Listing::Failed(ferry_core::Failure {
-            source: None,
-            name: name.to_string(),
-            stage: "list".into(),
-            error: g.error.message().to_string(),
-            attempts: 1,
-            at: OffsetDateTime::now_utc(),
-        }),
-    )
-    .await
-}
-
 struct Entry {
     name: String,
     parent: Option<String>,
@@ -195,12 +176,11 @@ struct Entry {
 
 async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<()> {
     let what = format!("drive {} of {}", target.name, target.account);
-    let mut url = format!(
+    let url = format!(
         "{}/drives/{}/root/delta",
         inner.graph.root(),
         segment(&target.drive_id)
     );
-    let mut resynced = false;
     // Files go to the pipeline as their pages arrive, so memory grows with the number of
     // folders, not files. A file whose folder has not been seen yet (the docs promise no
     // order) waits until the end; a file listed twice is taken once (its bytes are read at
@@ -212,28 +192,15 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
     let mut waiting: Vec<(String, Entry)> = Vec::new();
     let mut root_id: Option<String> = None;
     let (mut files, mut deleted, mut repeats) = (0u64, 0u64, 0u64);
-    let mut next = url.clone();
-    let delta = loop {
-        let mut page = match inner.graph.get_json(&next, target.scope, None, &what).await {
-            Ok(p) => p,
-            // Expired state: start again where the answer says (or from scratch), once.
-            Err(g) if g.status == Some(410) && !resynced => {
-                tracing::info!("{what}: delta state expired; listing the drive again");
-                resynced = true;
-                if let Some(loc) = g.location.filter(|l| l.starts_with("http")) {
-                    url = loc;
-                }
-                next = url.clone();
-                continue;
-            }
+    let mut pages = inner.graph.pages(&url, target.scope, None, &what);
+    loop {
+        let values = match pages.next_page().await {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
             Err(g) => {
-                fail(tx, &format!("m365:{}/{}", target.account, target.name), g).await?;
-                break None;
+                fail_listing(tx, &format!("m365:{}/{}", target.account, target.name), g).await?;
+                break;
             }
-        };
-        let values = match page.get_mut("value").map(Value::take) {
-            Some(Value::Array(v)) => v,
-            _ => Vec::new(),
         };
         for v in values {
             let Some(id) = v["id"].as_str().map(str::to_string) else {
@@ -282,15 +249,8 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
                 None => waiting.push((id, entry)),
             }
         }
-        if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
-            next = link.to_string();
-            continue;
-        }
-        break page
-            .get("@odata.deltaLink")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-    };
+    }
+    let (resynced, delta) = (pages.resynced, pages.delta_link);
     // Files whose folders came later, then the folders that hold nothing.
     for (id, e) in waiting {
         match file_path(&folders, root_id.as_deref(), &e) {
@@ -364,7 +324,7 @@ fn file_path(
 
 /// An item whose folder the delta listing never returned: a failure, not a silent loss.
 async fn orphan(tx: &Sender, target: &DriveTarget, what: &str, id: &str, e: &Entry) -> Result<()> {
-    fail(
+    fail_listing(
         tx,
         &format!("m365:{}/{}/{}", target.account, target.name, e.name),
         GraphError {
@@ -378,13 +338,6 @@ async fn orphan(tx: &Sender, target: &DriveTarget, what: &str, id: &str, e: &Ent
         },
     )
     .await
-}
-
-/// A 64-bit hash of an item id.
-fn id_hash(id: &str) -> u64 {
-    use sha2::Digest as _;
-    let d = sha2::Sha256::digest(id.as_bytes());
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
 /// The item's path below the drive root, from the names of its ancestors.
@@ -427,10 +380,6 @@ fn rewritten_by_sharepoint(name: &str) -> bool {
                 | "ppt"
         )
     )
-}
-
-fn parse_time(v: &Value) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
 
 fn drive_item(

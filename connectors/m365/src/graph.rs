@@ -336,9 +336,27 @@ impl Graph {
         })
     }
 
-    /// Follows `@odata.nextLink`s from `url` to the end; returns every item and the
-    /// `@odata.deltaLink` if the last page had one. A 410 (expired delta state) is returned to
-    /// the caller, which restarts from scratch.
+    /// Pages of a collection or delta listing from `url`, one at a time (see [`Pages`]).
+    pub fn pages<'a>(
+        &'a self,
+        url: &str,
+        scope: Scope,
+        mailbox: Option<&'a str>,
+        what: &'a str,
+    ) -> Pages<'a> {
+        Pages {
+            graph: self,
+            start: url.to_string(),
+            next: Some(url.to_string()),
+            scope,
+            mailbox,
+            what,
+            resynced: false,
+            delta_link: None,
+        }
+    }
+
+    /// Every item of a listing, and the `@odata.deltaLink` if the last page had one.
     pub async fn collect(
         &self,
         url: &str,
@@ -346,22 +364,67 @@ impl Graph {
         mailbox: Option<&str>,
         what: &str,
     ) -> std::result::Result<(Vec<Value>, Option<String>), GraphError> {
+        let mut pages = self.pages(url, scope, mailbox, what);
         let mut items = Vec::new();
-        let mut next = url.to_string();
+        while let Some(values) = pages.next_page().await? {
+            items.extend(values);
+        }
+        Ok((items, pages.delta_link))
+    }
+}
+
+/// Walks a listing page by page through `@odata.nextLink` to the `@odata.deltaLink`, so
+/// callers can hand items on without holding the whole listing. An expired delta state (410)
+/// starts the listing again once — where the answer's `Location` says, else from the start —
+/// and sets [`Pages::resynced`]; callers skip the repeats by id.
+pub struct Pages<'a> {
+    graph: &'a Graph,
+    start: String,
+    next: Option<String>,
+    scope: Scope,
+    mailbox: Option<&'a str>,
+    what: &'a str,
+    /// True once the listing had to start again.
+    pub resynced: bool,
+    /// The delta link of the last page, once it has been read.
+    pub delta_link: Option<String>,
+}
+
+impl Pages<'_> {
+    /// The next page's items; `None` after the last page.
+    pub async fn next_page(&mut self) -> std::result::Result<Option<Vec<Value>>, GraphError> {
+        let Some(mut url) = self.next.take() else {
+            return Ok(None);
+        };
         loop {
-            let mut page = self.get_json(&next, scope, mailbox, what).await?;
-            if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
-                items.extend(values);
+            match self
+                .graph
+                .get_json(&url, self.scope, self.mailbox, self.what)
+                .await
+            {
+                Ok(mut page) => {
+                    let values = match page.get_mut("value").map(Value::take) {
+                        Some(Value::Array(v)) => v,
+                        _ => Vec::new(),
+                    };
+                    let link =
+                        |key: &str| page.get(key).and_then(Value::as_str).map(str::to_string);
+                    self.next = link("@odata.nextLink");
+                    if self.next.is_none() {
+                        self.delta_link = link("@odata.deltaLink");
+                    }
+                    return Ok(Some(values));
+                }
+                Err(g) if g.status == Some(410) && !self.resynced => {
+                    tracing::info!("{}: delta state expired; listing again", self.what);
+                    self.resynced = true;
+                    url = g
+                        .location
+                        .filter(|l| l.starts_with("http"))
+                        .unwrap_or_else(|| self.start.clone());
+                }
+                Err(g) => return Err(g),
             }
-            if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
-                next = link.to_string();
-                continue;
-            }
-            let delta = page
-                .get("@odata.deltaLink")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            return Ok((items, delta));
         }
     }
 }

@@ -555,6 +555,35 @@ impl Connector for M365Connector {
     }
 }
 
+/// Records that part of the source could not be listed (a fatal error stops the run instead).
+pub(crate) async fn fail_listing(tx: &Sender, name: &str, g: graph::GraphError) -> Result<()> {
+    if g.error.is_fatal() {
+        return Err(g.error);
+    }
+    let failure = ferry_core::Failure {
+        source: None,
+        name: name.to_string(),
+        stage: "list".into(),
+        error: g.error.message().to_string(),
+        attempts: 1,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    send(tx, Listing::Failed(failure)).await
+}
+
+/// A 64-bit hash of an id (SHA-256's first 8 bytes: the same on every run and machine), to
+/// remember which items a listing already handed on without keeping their ids.
+pub(crate) fn id_hash(id: &str) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// An RFC 3339 time from Graph.
+pub(crate) fn parse_time(v: &Value) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
+}
+
 /// A byte stream of a response body that holds `permit` until it ends or is dropped.
 pub(crate) fn body_stream(d: graph::Download, what: String) -> ByteStream {
     let permit = d.permit;

@@ -7,11 +7,10 @@ use std::collections::HashSet;
 use ferry_core::{Error, Item, ItemUpdate, Listing, Opened, Result, SourceRef};
 use serde_json::{json, Value};
 use sha2::Digest as _;
-use time::OffsetDateTime;
 
 use crate::graph::{segment, GraphError, Scope};
 use crate::users::User;
-use crate::{send, FolderRecord, Inner, Sender};
+use crate::{id_hash, parse_time, send, FolderRecord, Inner, Sender};
 
 /// Which mailbox of a user.
 #[derive(Debug, Clone)]
@@ -165,19 +164,9 @@ pub(crate) async fn list_user(inner: &Inner, user: &User, tx: &Sender) -> Result
     Ok(())
 }
 
+/// Records that part of a user's mailbox could not be listed.
 async fn fail_listing(tx: &Sender, user: &User, what: &str, g: GraphError) -> Result<()> {
-    if g.error.is_fatal() {
-        return Err(g.error);
-    }
-    let failure = ferry_core::Failure {
-        source: None,
-        name: format!("m365:{}/{what}", user.upn),
-        stage: "list".into(),
-        error: g.error.message().to_string(),
-        attempts: 1,
-        at: OffsetDateTime::now_utc(),
-    };
-    send(tx, Listing::Failed(failure)).await
+    crate::fail_listing(tx, &format!("m365:{}/{what}", user.upn), g).await
 }
 
 /// Every folder below `top`, depth first, with its path.
@@ -269,62 +258,42 @@ async fn list_folder(
         segment(&folder.id)
     );
     let what = format!("{}: messages in {}", user.upn, folder.path.join("/"));
-    let mut resynced = false;
     // Items go to the pipeline page by page, so memory does not grow with a folder's size;
     // only a 64-bit hash of each id is kept, to pass over a message that a delta listing
     // returns twice (it changed while being paged) and over a restarted listing's repeats.
     let mut seen: HashSet<u64> = HashSet::new();
     let mut listed = 0u64;
     let mut listing_failed = false;
-    let mut next = start.clone();
-    let delta = loop {
-        let mut page = match inner
-            .graph
-            .get_json(&next, Scope::Mail, Some(&mb.id), &what)
-            .await
-        {
-            Ok(p) => p,
-            // The paging state expired mid-listing: start the folder again, once.
-            Err(g) if g.status == Some(410) && !resynced => {
-                tracing::info!("{what}: delta state expired; listing the folder again");
-                resynced = true;
-                next = start.clone();
-                continue;
-            }
+    let mut pages = inner.graph.pages(&start, Scope::Mail, Some(&mb.id), &what);
+    loop {
+        let values = match pages.next_page().await {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
             Err(g) => {
                 listing_failed = true;
                 fail_listing(tx, user, &format!("mail/{}", folder.path.join("/")), g).await?;
-                break None;
+                break;
             }
         };
-        if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
-            for m in values {
-                let Some(id) = m["id"].as_str() else { continue };
-                if m.get("@removed").is_some() {
-                    // Deleted while the folder was being listed. If it was already handed
-                    // on, its download fails with "not found", which says so.
-                    continue;
-                }
-                if !seen.insert(id_hash(id)) {
-                    continue;
-                }
-                listed += 1;
-                send(
-                    tx,
-                    Listing::Item(message_item(inner, user, mb, &folder, id, &m)),
-                )
-                .await?;
+        for m in values {
+            let Some(id) = m["id"].as_str() else { continue };
+            if m.get("@removed").is_some() {
+                // Deleted while the folder was being listed. If it was already handed
+                // on, its download fails with "not found", which says so.
+                continue;
             }
+            if !seen.insert(id_hash(id)) {
+                continue;
+            }
+            listed += 1;
+            send(
+                tx,
+                Listing::Item(message_item(inner, user, mb, &folder, id, &m)),
+            )
+            .await?;
         }
-        if let Some(link) = page.get("@odata.nextLink").and_then(Value::as_str) {
-            next = link.to_string();
-            continue;
-        }
-        break page
-            .get("@odata.deltaLink")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-    };
+    }
+    let (resynced, delta) = (pages.resynced, pages.delta_link);
     let mut st = inner.state.lock().expect("state");
     st.folders.push(FolderRecord {
         account: user.upn.clone(),
@@ -349,16 +318,6 @@ async fn list_folder(
         }));
     }
     Ok(())
-}
-
-/// A 64-bit hash of a message id (SHA-256's first 8 bytes: the same on every run and machine).
-fn id_hash(id: &str) -> u64 {
-    let d = sha2::Sha256::digest(id.as_bytes());
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
-fn parse_time(v: &Value) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
 
 fn address(v: &Value) -> Value {
