@@ -359,6 +359,25 @@ impl Inner {
         Ok(())
     }
 
+    /// A listing page failed after its retries. Without it the rest of the bucket cannot be
+    /// listed: a fatal error stops the run, anything else is recorded as a listing failure.
+    async fn page_failed(
+        &self,
+        tx: &mpsc::Sender<Result<Listing>>,
+        bucket: &str,
+        what: &str,
+        e: Error,
+    ) -> std::result::Result<(), ()> {
+        if e.is_fatal() {
+            return self.send(tx, Err(e)).await;
+        }
+        let name = format!("s3://{bucket}/{} ({what})", self.location.prefix);
+        let _ = self
+            .send(tx, Ok(Listing::Failed(self.failure(name, &e))))
+            .await;
+        Ok(())
+    }
+
     async fn list_objects(
         &self,
         built: &client::Built,
@@ -373,45 +392,25 @@ impl Inner {
         };
         let mut token: Option<String> = None;
         loop {
-            let page = self
-                .options
-                .retry
-                .run(
-                    |_| {
-                        let mut req = built
-                            .client
-                            .list_objects_v2()
-                            .bucket(bucket)
-                            .encoding_type(EncodingType::Url)
-                            .set_continuation_token(token.clone());
-                        if !self.location.prefix.is_empty() {
-                            req = req.prefix(&self.location.prefix);
-                        }
-                        if let Some(n) = self.options.page_size {
-                            req = req.max_keys(n);
-                        }
-                        let ctx = &ctx;
-                        async move { req.send().await.map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying a listing page in {d:?}: {e}"),
-                )
-                .await;
+            let page = send_with_retry(&self.options.retry, &ctx, "a listing page", || {
+                let mut req = built
+                    .client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .encoding_type(EncodingType::Url)
+                    .set_continuation_token(token.clone());
+                if !self.location.prefix.is_empty() {
+                    req = req.prefix(&self.location.prefix);
+                }
+                if let Some(n) = self.options.page_size {
+                    req = req.max_keys(n);
+                }
+                req.send()
+            })
+            .await;
             let page = match page {
                 Ok(p) => p,
-                Err(e) if e.is_fatal() => return self.send(tx, Err(e)).await,
-                Err(e) => {
-                    // Without this page the rest of the bucket cannot be listed: say so.
-                    let _ = self
-                        .send(
-                            tx,
-                            Ok(Listing::Failed(self.failure(
-                                format!("s3://{bucket}/{} (listing)", self.location.prefix),
-                                &e,
-                            ))),
-                        )
-                        .await;
-                    return Ok(());
-                }
+                Err(e) => return self.page_failed(tx, bucket, "listing", e).await,
             };
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
             for o in page.contents() {
@@ -463,45 +462,26 @@ impl Inner {
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
         loop {
-            let page = self
-                .options
-                .retry
-                .run(
-                    |_| {
-                        let mut req = built
-                            .client
-                            .list_object_versions()
-                            .bucket(bucket)
-                            .encoding_type(EncodingType::Url)
-                            .set_key_marker(key_marker.clone())
-                            .set_version_id_marker(version_marker.clone());
-                        if !self.location.prefix.is_empty() {
-                            req = req.prefix(&self.location.prefix);
-                        }
-                        if let Some(n) = self.options.page_size {
-                            req = req.max_keys(n);
-                        }
-                        let ctx = &ctx;
-                        async move { req.send().await.map_err(|e| classify(e, ctx)) }
-                    },
-                    |e, d| tracing::debug!("retrying a version listing page in {d:?}: {e}"),
-                )
-                .await;
+            let page = send_with_retry(&self.options.retry, &ctx, "a version listing page", || {
+                let mut req = built
+                    .client
+                    .list_object_versions()
+                    .bucket(bucket)
+                    .encoding_type(EncodingType::Url)
+                    .set_key_marker(key_marker.clone())
+                    .set_version_id_marker(version_marker.clone());
+                if !self.location.prefix.is_empty() {
+                    req = req.prefix(&self.location.prefix);
+                }
+                if let Some(n) = self.options.page_size {
+                    req = req.max_keys(n);
+                }
+                req.send()
+            })
+            .await;
             let page = match page {
                 Ok(p) => p,
-                Err(e) if e.is_fatal() => return self.send(tx, Err(e)).await,
-                Err(e) => {
-                    let _ = self
-                        .send(
-                            tx,
-                            Ok(Listing::Failed(self.failure(
-                                format!("s3://{bucket}/{} (version listing)", self.location.prefix),
-                                &e,
-                            ))),
-                        )
-                        .await;
-                    return Ok(());
-                }
+                Err(e) => return self.page_failed(tx, bucket, "version listing", e).await,
             };
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
             let decode = |k: &str| {
