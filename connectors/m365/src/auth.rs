@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ferry_core::{Error, Result};
 use ring::rand::SystemRandom;
-use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use ferry_http::{pem_blocks, Rs256Key};
 use serde::Deserialize;
 use sha1::Digest as _;
 
@@ -20,8 +20,8 @@ pub enum Credential {
     /// A certificate's private key, and the certificate's SHA-1 thumbprint (`x5t`) that tells
     /// Entra ID which of the app's certificates signed the assertion.
     Certificate {
-        /// The RSA key (boxed: it is large, and a credential is made once).
-        key: Box<RsaKeyPair>,
+        /// The RSA key.
+        key: Rs256Key,
         /// base64url of the SHA-1 of the certificate's DER bytes.
         x5t: String,
     },
@@ -41,60 +41,16 @@ impl Credential {
     /// export: `-----BEGIN CERTIFICATE-----` and `-----BEGIN PRIVATE KEY-----` or
     /// `-----BEGIN RSA PRIVATE KEY-----`, in any order).
     pub fn from_pem(pem: &str) -> std::result::Result<Credential, String> {
-        let mut cert = None;
-        let mut key = None;
-        for (label, der) in pem_blocks(pem)? {
-            match label.as_str() {
-                "CERTIFICATE" if cert.is_none() => cert = Some(der),
-                "PRIVATE KEY" => {
-                    key = Some(RsaKeyPair::from_pkcs8(&der).map_err(|e| {
-                        format!("the private key is not an RSA key ferry can use ({e})")
-                    })?)
-                }
-                "RSA PRIVATE KEY" => {
-                    key = Some(RsaKeyPair::from_der(&der).map_err(|e| {
-                        format!("the RSA private key cannot be read ({e})")
-                    })?)
-                }
-                "ENCRYPTED PRIVATE KEY" => {
-                    return Err("the private key is encrypted; export it without a password (openssl pkcs8 -in key.pem -nocrypt -topk8)".into())
-                }
-                _ => {}
-            }
-        }
+        let cert = pem_blocks(pem)?
+            .into_iter()
+            .find(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| der);
+        let key = Rs256Key::from_pem(pem)?;
         let cert = cert.ok_or("no -----BEGIN CERTIFICATE----- block in the file")?;
-        let key = Box::new(key.ok_or("no -----BEGIN PRIVATE KEY----- block in the file")?);
+        let key = key.ok_or("no -----BEGIN PRIVATE KEY----- block in the file")?;
         let x5t = URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&cert));
         Ok(Credential::Certificate { key, x5t })
     }
-}
-
-/// The (label, DER bytes) of every PEM block.
-fn pem_blocks(pem: &str) -> std::result::Result<Vec<(String, Vec<u8>)>, String> {
-    let mut out = Vec::new();
-    let mut lines = pem.lines();
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            continue;
-        };
-        let end = format!("-----END {label}-----");
-        let mut body = String::new();
-        for l in lines.by_ref() {
-            if l.trim() == end {
-                break;
-            }
-            body.push_str(l.trim());
-        }
-        let der = STANDARD
-            .decode(body.as_bytes())
-            .map_err(|_| format!("the {label} block is not valid base64"))?;
-        out.push((label.to_string(), der));
-    }
-    Ok(out)
 }
 
 struct Token {
@@ -287,7 +243,7 @@ impl Auth {
     }
 
     /// A client assertion: a JWT signed with the certificate's key (RFC 7523), valid 10 minutes.
-    fn assertion(&self, key: &RsaKeyPair, x5t: &str) -> Result<String> {
+    fn assertion(&self, key: &Rs256Key, x5t: &str) -> Result<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -305,23 +261,11 @@ impl Auth {
             "iat": now,
             "exp": now + 600,
         });
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut signature = vec![0u8; key.public().modulus_len()];
-        key.sign(
-            &RSA_PKCS1_SHA256,
-            &SystemRandom::new(),
-            signing_input.as_bytes(),
-            &mut signature,
-        )
-        .map_err(|_| Error::fatal("cannot sign the client assertion with the certificate's key"))?;
-        Ok(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        ))
+        key.sign(&header, &claims).map_err(|e| {
+            Error::fatal(format!(
+                "cannot sign the client assertion with the certificate's key: {e}"
+            ))
+        })
     }
 }
 

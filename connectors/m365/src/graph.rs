@@ -6,9 +6,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use ferry_core::retry::parse_retry_after;
 use ferry_core::{Error, RetryPolicy};
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RANGE};
 use reqwest::StatusCode;
@@ -16,6 +15,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Auth;
+pub use ferry_http::{describe_reqwest, host_of, retry_after, segment};
 
 /// What a request reads, to name the permission a 403 is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,33 +61,6 @@ impl From<GraphError> for Error {
     fn from(g: GraphError) -> Error {
         g.error
     }
-}
-
-/// Retry-After of an answer, in seconds or as an HTTP-date.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("retry-after")?.to_str().ok()?;
-    parse_retry_after(v, SystemTime::now())
-}
-
-/// One sentence for a transport error, without URLs' query strings (download URLs carry
-/// pre-authenticated tokens).
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        let mut clean = u.clone();
-        clean.set_query(None);
-        s = s.replace(u.as_str(), clean.as_str());
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
 }
 
 /// Settings of the client.
@@ -429,20 +402,6 @@ impl Pages<'_> {
     }
 }
 
-fn host_of(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            u.host_str().map(|h| {
-                format!(
-                    "{h}{}",
-                    u.port().map(|p| format!(":{p}")).unwrap_or_default()
-                )
-            })
-        })
-        .unwrap_or_else(|| "the server".into())
-}
-
 /// Graph's error code and message from an error body.
 fn error_body(body: &[u8]) -> (String, String) {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
@@ -489,32 +448,4 @@ fn classify(
         }
         _ => Error::permanent(format!("{what}: Graph answered {said}")),
     }
-}
-
-/// Characters escaped in a path segment: everything but RFC 3986's unreserved characters and
-/// the sub-delimiters Graph ids and site ids use (`,` `=` `@` `:` `!` `$` `'` `(` `)`).
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'?')
-    .add(b'<')
-    .add(b'>')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'+')
-    .add(b'&')
-    .add(b';')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'|')
-    .add(b'[')
-    .add(b']');
-
-/// Percent-encodes a path segment (mail ids may contain `/` and `+`).
-pub fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }

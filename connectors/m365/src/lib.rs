@@ -225,13 +225,7 @@ impl M365Connector {
                 options.login_endpoint
             ))
         })?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(options.timeout)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::fatal(format!("cannot set up HTTPS: {e}")))?;
+        let http = ferry_http::api_client(options.timeout)?;
         // The token's audience is the Graph host: https://graph.microsoft.com/.default.
         let scope = format!("{}/.default", graph_url.origin().ascii_serialization());
         let auth = Arc::new(auth::Auth::new(
@@ -584,19 +578,7 @@ pub(crate) fn parse_time(v: &Value) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(v.as_str()?, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// A byte stream of a response body that holds `permit` until it ends or is dropped.
+/// A byte stream of a response body that holds its mailbox permit until it ends or is dropped.
 pub(crate) fn body_stream(d: graph::Download, what: String) -> ByteStream {
-    let permit = d.permit;
-    d.response
-        .bytes_stream()
-        .map(move |chunk| {
-            let _hold = &permit;
-            chunk.map_err(|e| {
-                Error::transient(format!(
-                    "{what}: the download broke off: {}",
-                    graph::describe_reqwest(&e)
-                ))
-            })
-        })
-        .boxed()
+    ferry_http::body_stream(d.response, d.permit, what)
 }
