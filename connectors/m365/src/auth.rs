@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ferry_core::{Error, Result};
-use ring::rand::SystemRandom;
 use ferry_http::{pem_blocks, Rs256Key};
+use ring::rand::SystemRandom;
 use serde::Deserialize;
 use sha1::Digest as _;
 

@@ -558,5 +558,6 @@ pub(crate) async fn open(inner: &Inner, item: &Item, offset: u64) -> Result<Open
     Ok(Opened {
         bytes: crate::body_stream(d, what),
         update,
+        trailer: None,
     })
 }

@@ -1015,6 +1015,7 @@ impl Connector for S3Connector {
             return Ok(Opened {
                 bytes: body_stream(out.body, what),
                 update,
+                trailer: None,
             });
         }
         // A large object: HEAD for the metadata and checksums, then parallel ranged GETs, all
@@ -1117,6 +1118,7 @@ impl Connector for S3Connector {
         Ok(Opened {
             bytes: stream,
             update,
+            trailer: None,
         })
     }
 }

@@ -71,7 +71,7 @@ impl ItemRecord {
             created: item.created,
             modified: item.modified,
             retrieved_at: Some(stored.retrieved_at),
-            conversion: None,
+            conversion: item.conversion.clone(),
             extra: item.extra.clone(),
         }
     }
@@ -90,7 +90,7 @@ impl ItemRecord {
             created: item.created,
             modified: item.modified,
             retrieved_at: Some(OffsetDateTime::now_utc()),
-            conversion: None,
+            conversion: item.conversion.clone(),
             extra: item.extra.clone(),
         }
     }

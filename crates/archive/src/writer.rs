@@ -248,14 +248,21 @@ struct Done {
     line: u64,
 }
 
-fn source_key(s: &SourceRef) -> u128 {
+/// What identifies an item across attempts: its source reference, and for a conversion the
+/// format it was converted to (one Google Doc is exported as ODF and PDF: two items).
+fn source_key(s: &SourceRef, conversion: Option<&serde_json::Value>) -> u128 {
     let mut h = sha2::Sha256::new();
+    let converted_to = conversion
+        .and_then(|c| c.get("to"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string);
     for part in [
         Some(&s.system),
         s.account.as_ref(),
         s.container.as_ref(),
         Some(&s.id),
         s.version.as_ref(),
+        converted_to.as_ref(),
     ] {
         match part {
             Some(p) => {
@@ -722,7 +729,7 @@ impl BagWriter {
                 kept_paths.insert(path_key(path));
                 info.items += 1;
                 info.bytes += entry.record.size.unwrap_or(0);
-                let key = source_key(&entry.record.source);
+                let key = source_key(&entry.record.source, entry.record.conversion.as_ref());
                 if let Some(old) = places.done.insert(
                     key,
                     Done {
@@ -1404,7 +1411,7 @@ impl Sink for BagWriter {
 
     fn place(&self, item: &Item) -> Result<Placement> {
         let mut places = self.shared.places.lock().expect("places lock");
-        let key = source_key(&item.source);
+        let key = source_key(&item.source, item.conversion.as_ref());
         if let Some(done) = places.done.get(&key) {
             let unchanged =
                 (item.size.is_none() || item.size == done.size) && item.modified == done.modified;

@@ -15,7 +15,7 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
 /// What the source says about an item when it is opened, beyond what the listing said: many
 /// APIs state content type, user metadata or checksums only on a GET.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct ItemUpdate {
     /// The size the source now states (a transfer of another length is an error).
     pub size: Option<u64>,
@@ -25,6 +25,10 @@ pub struct ItemUpdate {
     pub extra: serde_json::Map<String, serde_json::Value>,
     /// More checksums to check the bytes against.
     pub source_checksums: Vec<crate::item::SourceChecksum>,
+    /// The creation time, if the source states it.
+    pub created: Option<time::OffsetDateTime>,
+    /// The modification time, if the source states it.
+    pub modified: Option<time::OffsetDateTime>,
 }
 
 impl ItemUpdate {
@@ -35,6 +39,12 @@ impl ItemUpdate {
         }
         if self.media_type.is_some() {
             item.media_type = self.media_type;
+        }
+        if self.created.is_some() {
+            item.created = self.created;
+        }
+        if self.modified.is_some() {
+            item.modified = self.modified;
         }
         item.extra.extend(self.extra);
         for c in self.source_checksums {
@@ -56,7 +66,14 @@ pub struct Opened {
     pub bytes: ByteStream,
     /// Metadata learnt on opening.
     pub update: ItemUpdate,
+    /// Metadata that arrives with or after the bytes (Gmail sends a message's history id and
+    /// date after its raw content in one JSON answer), applied before the item is recorded.
+    /// The sender is dropped without sending when there is nothing more to say.
+    pub trailer: Option<Trailer>,
 }
+
+/// Receives metadata learnt while the bytes streamed; see [`Opened::trailer`].
+pub type Trailer = tokio::sync::oneshot::Receiver<ItemUpdate>;
 
 impl Opened {
     /// Just bytes, nothing more to say.
@@ -64,6 +81,7 @@ impl Opened {
         Opened {
             bytes,
             update: ItemUpdate::default(),
+            trailer: None,
         }
     }
 }

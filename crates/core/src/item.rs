@@ -164,6 +164,11 @@ pub struct Item {
     pub source_checksums: Vec<SourceChecksum>,
     /// Source-specific metadata (file mode, storage class, message headers, …).
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// A format conversion the source applied on the way out (a Google Doc exported as ODF):
+    /// what it was, what it became and which source version was converted. `None` when the
+    /// bytes are the source's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<serde_json::Value>,
 }
 
 impl Item {
@@ -179,6 +184,7 @@ impl Item {
             media_type: None,
             source_checksums: Vec::new(),
             extra: serde_json::Map::new(),
+            conversion: None,
         }
     }
 

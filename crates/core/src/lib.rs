@@ -22,7 +22,7 @@ pub mod store;
 
 pub use checksum::QuickXorHash;
 pub use connector::{
-    ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo,
+    ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo, Trailer,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::checksum::ChecksumSet;
-use crate::connector::{ByteStream, Connector, Listing, Opened};
+use crate::connector::{ByteStream, Connector, ItemUpdate, Listing, Opened};
 use crate::error::{Error, Result};
 use crate::hash::MultiHasher;
 use crate::item::{Item, ItemKind};
@@ -319,22 +319,15 @@ impl Transfer {
         let Opened {
             bytes: mut stream,
             update,
+            trailer,
         } = self.connector.open(listed, 0).await?;
         // What opening told (content type, metadata, checksums stated only on a GET) joins
         // what the listing said. Most sources add nothing; then the listed item is used as is.
-        let updated;
-        let item = if update.size.is_none()
-            && update.media_type.is_none()
-            && update.extra.is_empty()
-            && update.source_checksums.is_empty()
-        {
-            listed
-        } else {
-            let mut copy = listed.clone();
-            update.apply(&mut copy);
-            updated = copy;
-            &updated
-        };
+        let mut item_now = std::borrow::Cow::Borrowed(listed);
+        if update != ItemUpdate::default() {
+            update.apply(item_now.to_mut());
+        }
+        let item: &Item = &item_now;
         if item.size.is_none_or(|size| size > READ_AHEAD_MIN) {
             stream = read_ahead(stream, READ_AHEAD_CHUNKS);
         }
@@ -404,6 +397,21 @@ impl Transfer {
             }
         }
         *stage = "check";
+        // Metadata that came with the bytes (see `Opened::trailer`); a dropped sender means
+        // there was nothing more to say.
+        let item_later;
+        let item: &Item = match trailer {
+            Some(rx) => match rx.await {
+                Ok(late) => {
+                    let mut copy = item.clone();
+                    late.apply(&mut copy);
+                    item_later = copy;
+                    &item_later
+                }
+                Err(_) => item,
+            },
+            None => item,
+        };
         let received = hasher.len();
         if let Some(expected) = item.size {
             if received != expected {

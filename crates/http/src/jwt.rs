@@ -104,7 +104,8 @@ mod tests {
         assert!(Rs256Key::from_pem(pem).unwrap().is_none());
         let bad = "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n";
         assert!(Rs256Key::from_pem(bad).unwrap_err().contains("base64"));
-        let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
         assert!(Rs256Key::from_pem(enc).unwrap_err().contains("encrypted"));
     }
 }
