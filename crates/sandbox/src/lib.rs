@@ -10,9 +10,17 @@
 //! [`GraphServer`] is a Microsoft Graph stand-in (mail, OneDrive, SharePoint, the identity
 //! platform's token endpoint) over a seeded tenant whose [`graph::Truth`] tests compare exports
 //! against; see the [`graph`] module for what it serves.
+//!
+//! [`GoogleServer`] is a Google Workspace stand-in (Drive v3, Gmail v1, Admin SDK Directory v1,
+//! the OAuth 2.0 token endpoint for service accounts) over a seeded domain whose
+//! [`GoogleTruth`] tests compare exports against; see the [`google`] module for what it serves.
 
+pub mod google;
 pub mod graph;
 
+pub use google::{
+    GoogleConfig, GoogleFaults, GoogleServer, GoogleStats, GoogleTruth, GOOGLE_SA_CLIENT_EMAIL,
+};
 pub use graph::{
     ClientCertificate, GraphConfig, GraphFaults, GraphServer, GraphStats, Truth, GRAPH_CLIENT_ID,
     GRAPH_CLIENT_SECRET,

@@ -1328,7 +1328,7 @@ fn sites(state: &Arc<State>, ctx: &Ctx, r: &Req, s: &[&str]) -> Resp {
 // ---------------------------------------------------------------------------------------------
 // Pre-authenticated downloads.
 
-fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
+pub(crate) fn parse_range(h: &str, len: u64) -> Option<(u64, u64)> {
     let spec = h.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;

@@ -59,8 +59,8 @@
 //!
 //! Not served: writes, `$search`, `$orderby`, calendars/contacts, Teams, batching (`$batch`).
 
-mod api;
-mod content;
+pub(crate) mod api;
+pub(crate) mod content;
 mod quickxor;
 mod tenant;
 
