@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests: run the real `ferry` binary, build hostile source trees,
 //! call the reference validator bagit-python, measure a child's peak memory.
 
+pub mod google;
 pub mod m365;
 pub mod s3;
 

@@ -85,6 +85,16 @@ pub(crate) async fn shared_drives(
                     }
                 }
                 Ok(None) => break,
+                Err(e) if u.suspended && !e.error.is_fatal() => {
+                    // A suspended user's memberships cannot be read; a drive only they belong
+                    // to is reported by the administrator's check below.
+                    inner.note(format!(
+                        "the shared drives of the suspended user {} could not be listed ({})",
+                        u.email,
+                        e.error.message()
+                    ));
+                    break;
+                }
                 Err(e) => {
                     fail_listing(tx, &format!("google:{}/shared-drives", u.email), e.error).await?;
                     break;

@@ -114,7 +114,7 @@ pub struct ExportArgs {
     pub json: bool,
     /// What to take. s3: only keys matching this glob, relative to the prefix (`*` also
     /// matches `/`; repeatable). m365: which kinds of data, `mail,onedrive,sharepoint`
-    /// (default all three).
+    /// (default all three). google: `gmail,drive,shared-drives` (default all three).
     #[arg(long, value_name = "GLOB|KINDS")]
     pub include: Vec<String>,
     /// s3: leave out keys matching this glob, relative to the prefix; repeatable.
@@ -122,10 +122,55 @@ pub struct ExportArgs {
     pub exclude: Vec<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    /// m365 and google: whose data. `all` (m365: every licensed user; google: every user of
+    /// the domain, suspended ones included and marked), a comma-separated list of addresses,
+    /// or (m365) `group:<group object id>`.
+    #[arg(long, value_name = "WHO", default_value = "all")]
+    pub users: String,
     #[command(flatten)]
     pub m365: M365Args,
     #[command(flatten)]
+    pub google: GoogleArgs,
+    #[command(flatten)]
     pub bag_info: BagInfoArgs,
+}
+
+/// Options of `google:` sources.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Google Workspace sources (google:DOMAIN, the primary domain)")]
+pub struct GoogleArgs {
+    /// The service account's JSON key. The account needs domain-wide delegation (Admin
+    /// console → Security → API controls) for the read-only scopes
+    /// https://www.googleapis.com/auth/admin.directory.user.readonly,
+    /// https://www.googleapis.com/auth/gmail.readonly and
+    /// https://www.googleapis.com/auth/drive.readonly.
+    #[arg(long, value_name = "FILE", env = "FERRY_GOOGLE_SERVICE_ACCOUNT")]
+    pub service_account: Option<PathBuf>,
+    /// An administrator of the domain, impersonated to list users and shared drives.
+    #[arg(long, value_name = "EMAIL", env = "FERRY_GOOGLE_ADMIN")]
+    pub admin: Option<String>,
+    /// One root for the Drive (<root>/drive/v3/), Gmail (<root>/gmail/v1/) and Directory
+    /// (<root>/admin/directory/v1/) APIs, for restricted or private endpoints (e.g.
+    /// https://restricted.googleapis.com); default: Google's public endpoints.
+    #[arg(long, value_name = "URL")]
+    pub google_endpoint: Option<String>,
+    /// Formats for Google Docs, Sheets, Slides and Drawings, comma-separated: `odf`
+    /// (odt/ods/odp; Drawings as SVG), `ooxml` (docx/xlsx/pptx; Drawings as PNG), `pdf`.
+    #[arg(long, value_name = "LIST", default_value = "odf")]
+    pub export_formats: String,
+    /// Also export messages in Spam and Trash.
+    #[arg(long)]
+    pub include_spam_trash: bool,
+    /// Also export files in Drive's trash.
+    #[arg(long)]
+    pub include_trashed: bool,
+    /// Also write one mboxrd file per Gmail label (Takeout-style, with X-Gmail-Labels
+    /// headers) beside the .eml files; reads each message again per label.
+    #[arg(long)]
+    pub mbox: bool,
+    /// API requests at once per user (Gmail refuses too many concurrent requests per user).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub user_concurrency: u32,
 }
 
 /// Options of `m365:` sources.
@@ -158,10 +203,6 @@ pub struct M365Args {
         default_value = "https://login.microsoftonline.com"
     )]
     pub login_endpoint: String,
-    /// Whose data: `all` (every licensed user), a comma-separated list of user principal
-    /// names, or `group:<group object id>`.
-    #[arg(long, value_name = "WHO", default_value = "all")]
-    pub users: String,
     /// SharePoint sites: `all`, or comma-separated site URLs.
     #[arg(long, value_name = "SITES", default_value = "all")]
     pub sites: String,
@@ -219,7 +260,8 @@ pub struct S3Args {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub parallel_parts: usize,
     /// Entries per listing request: S3 keys (the server's default when not given), Microsoft
-    /// Graph items (default 100).
+    /// Graph items (default 100), Gmail message ids (default and most 500), Drive files (most
+    /// 1,000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub page_size: Option<i32>,
 }

@@ -26,10 +26,13 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
     if let Some(tenant) = source.strip_prefix("m365:") {
         return m365_connector(tenant, args);
     }
+    if let Some(domain) = source.strip_prefix("google:") {
+        return google_connector(domain, args);
+    }
     if let Some((scheme, _)) = source.split_once(':') {
-        let known_later = ["google", "imap"];
+        let known_later = ["imap"];
         if known_later.contains(&scheme.to_ascii_lowercase().as_str()) {
-            bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders), s3:// and m365:");
+            bail!("{scheme}: sources are not in this version of ferry yet; this version exports fs: (local folders), s3://, m365: and google:");
         }
         // A path with a colon in it: treat it as a path if it exists.
         if !Path::new(source).exists() {
@@ -155,7 +158,7 @@ fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>>
             _ => bail!("m365: needs the app's credential: set FERRY_M365_CLIENT_SECRET, or give --client-secret-file FILE or --certificate app.pem"),
         }
     };
-    let users = match m.users.trim() {
+    let users = match args.users.trim() {
         "" | "all" => UserSelection::All,
         g if g.starts_with("group:") => UserSelection::Group(g["group:".len()..].to_string()),
         list => UserSelection::List(
@@ -198,4 +201,69 @@ fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>>
         ..M365Options::new(tenant, &client_id)
     };
     Ok(Arc::new(M365Connector::new(options, credential)?))
+}
+
+/// A Google Workspace connector from the `--service-account`, `--admin`, … options.
+fn google_connector(domain: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+    use ferry_google::{
+        Endpoints, ExportFormat, GoogleConnector, GoogleOptions, Include, ServiceAccountKey,
+        UserSelection,
+    };
+    let g = &args.google;
+    let domain = domain.trim().trim_matches('/');
+    if domain.is_empty() || !domain.contains('.') {
+        bail!("google: needs the primary domain, e.g. google:example.no");
+    }
+    let Some(key_path) = &g.service_account else {
+        bail!("google: needs --service-account key.json (a service account's JSON key with domain-wide delegation; or set FERRY_GOOGLE_SERVICE_ACCOUNT)");
+    };
+    let Some(admin) = g.admin.clone() else {
+        bail!("google: needs --admin EMAIL, an administrator of {domain} to list its users (or set FERRY_GOOGLE_ADMIN)");
+    };
+    let text = std::fs::read_to_string(key_path)
+        .with_context(|| format!("cannot read --service-account {}", key_path.display()))?;
+    let key = ServiceAccountKey::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("--service-account {}: {e}", key_path.display()))?;
+    let users = match args.users.trim() {
+        "" | "all" => UserSelection::All,
+        g if g.starts_with("group:") => {
+            bail!(
+                "--users group:… is for m365: sources; for google: give all or a list of addresses"
+            )
+        }
+        list => UserSelection::List(
+            list.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+    };
+    let include = if args.include.is_empty() {
+        Include::ALL
+    } else {
+        Include::parse(&args.include.join(",")).map_err(anyhow::Error::msg)?
+    };
+    if !args.exclude.is_empty() {
+        bail!("--exclude is for s3:// sources; for google: choose with --include and --users");
+    }
+    let export_formats = ExportFormat::parse_list(&g.export_formats).map_err(anyhow::Error::msg)?;
+    let endpoints = match &g.google_endpoint {
+        Some(root) => Endpoints::under(root),
+        None => Endpoints::google(),
+    };
+    let options = GoogleOptions {
+        endpoints,
+        users,
+        include,
+        export_formats,
+        include_spam_trash: g.include_spam_trash,
+        include_trashed: g.include_trashed,
+        mbox: g.mbox,
+        user_concurrency: g.user_concurrency as usize,
+        listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
+        page_size: args.s3.page_size.map_or(500, |n| n as usize),
+        retry: crate::commands::export::retry_policy(args),
+        ..GoogleOptions::new(domain, &admin)
+    };
+    Ok(Arc::new(GoogleConnector::new(options, key)?))
 }
