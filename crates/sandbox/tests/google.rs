@@ -1025,3 +1025,64 @@ async fn futures_join<F: std::future::Future<Output = Resp>>(
     out.extend(results.into_iter().map(Option::unwrap));
     out
 }
+
+#[tokio::test]
+async fn same_seed_same_domain_with_hostile_names() {
+    let a = GoogleServer::start(GoogleConfig::default(), 0)
+        .await
+        .unwrap();
+    let b = GoogleServer::start(GoogleConfig::default(), 0)
+        .await
+        .unwrap();
+    let (ta, tb) = (a.truth(), b.truth());
+    let ids =
+        |t: &ferry_sandbox::GoogleTruth| t.files.iter().map(|f| f.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(ta), ids(tb));
+    let admin = a.admin_email();
+    assert_eq!(
+        ta.messages_of(&admin)[0].raw(),
+        tb.messages_of(&admin)[0].raw()
+    );
+    let doc = file_by_name(ta, &admin, "Meeting notes");
+    assert_eq!(
+        ta.export_bytes(&doc.id, "application/pdf"),
+        tb.export_bytes(&doc.id, "application/pdf")
+    );
+    let names: Vec<&str> = ta
+        .files_of_owner(&admin)
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    for n in [
+        "Q1/Q2 report.pdf",
+        "../escape.txt",
+        "Cafe\u{301}.txt",
+        "Caf\u{e9}.txt",
+        "bell\u{7}name.txt",
+    ] {
+        assert!(names.contains(&n), "{n:?}");
+    }
+    assert_eq!(names.iter().filter(|n| **n == "notes.txt").count(), 2);
+    let mine = ta.files_of_owner(&admin);
+    for kind in [
+        ferry_sandbox::google::DOCUMENT,
+        ferry_sandbox::google::SPREADSHEET,
+        ferry_sandbox::google::PRESENTATION,
+        ferry_sandbox::google::DRAWING,
+        ferry_sandbox::google::FORM,
+        ferry_sandbox::google::SHORTCUT,
+    ] {
+        assert!(mine.iter().any(|f| f.mime_type == kind), "{kind}");
+    }
+    assert!(mine.iter().any(|f| f.size == Some(0)));
+    assert!(mine.iter().any(|f| f.trashed));
+    assert!(mine.iter().any(|f| f.path.len() == 3 && f.is_folder()));
+    let label_names: Vec<&str> = ta
+        .mailbox(&admin)
+        .unwrap()
+        .labels
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert!(label_names.contains(&"Økonomi") && label_names.contains(&"Receipts / 2023 a/b"));
+}

@@ -239,8 +239,8 @@ fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// A one-page PDF 1.4 with the text in its content stream (as comments). Offsets are written
-/// with fixed widths so the size grows exactly with the text.
+/// A one-page PDF 1.4 showing the title, with the text in a stream object of its own. Lengths
+/// and offsets are written with fixed widths so the size grows exactly with the text.
 fn pdf(title: &str, body: &str) -> Vec<u8> {
     let title: String = title
         .chars()
