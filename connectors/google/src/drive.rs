@@ -406,10 +406,16 @@ fn base_item(target: &Target, f: &Value, id: &str, path: Vec<String>) -> Item {
             id: id.to_string(),
             version: f["version"].as_str().map(str::to_string),
             original_name: Some(name.to_string()),
+            // The folders and the file's own name (not the name of an export).
             original_path: Some(format!(
                 "{}/{}",
                 target.account,
-                path[target.prefix.len()..].join("/")
+                path[target.prefix.len()..path.len().saturating_sub(1).max(target.prefix.len())]
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::once(name))
+                    .collect::<Vec<_>>()
+                    .join("/")
             )),
         },
         path,

@@ -69,8 +69,9 @@ pub enum Command {
 /// `ferry export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// What to export: `fs:/path/to/folder` (a plain path works too), `s3://BUCKET[/PREFIX]`,
-    /// or `s3://` for every bucket the credentials can list.
+    /// What to export: `fs:/path/to/folder` (a plain path works too), `s3://BUCKET[/PREFIX]`
+    /// or `s3://` for every bucket the credentials can list, `m365:TENANT` (a Microsoft 365
+    /// tenant's domain or id), `google:DOMAIN` (a Google Workspace domain).
     pub source: String,
     /// The new bag: a folder, a `.zip` file, or `s3://BUCKET/PREFIX` (the bag's files become
     /// objects under the prefix). Must not exist yet, unless it is an interrupted export of the
@@ -338,6 +339,53 @@ pub enum SandboxCommand {
     /// Serve a seeded Microsoft 365 tenant (Microsoft Graph and its sign-in endpoint) on
     /// 127.0.0.1 until Ctrl-C; prints the endpoints and the app credentials it accepts.
     M365(SandboxM365Args),
+    /// Serve a seeded Google Workspace domain (Gmail, Drive, Directory and the OAuth token
+    /// endpoint) on 127.0.0.1 until Ctrl-C; writes the service-account key file it accepts and
+    /// prints the export command.
+    Google(SandboxGoogleArgs),
+}
+
+/// `ferry sandbox google`.
+#[derive(Debug, Args)]
+pub struct SandboxGoogleArgs {
+    /// The port (default: a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Seed of the generated domain (same seed, same domain, same bytes).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Active users (one suspended user is added).
+    #[arg(long, default_value_t = 3)]
+    pub users: usize,
+    /// Messages per mailbox (plus two in Spam and two in Trash).
+    #[arg(long, default_value_t = 20)]
+    pub messages: usize,
+    /// My Drive items per user (folders, files, Google Docs, a shortcut, hostile names).
+    #[arg(long, default_value_t = 10)]
+    pub files: usize,
+    /// Shared drives (one drive without members is added).
+    #[arg(long, default_value_t = 1)]
+    pub shared_drives: usize,
+    /// The admin's My Drive also holds Large/big-file.bin of this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub large_file_mb: u64,
+    /// Answer every Nth API request with a rate-limit error (403 userRateLimitExceeded and
+    /// 429 rateLimitExceeded in turn).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub throttle_every: u64,
+    /// Added latency of every API request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Concurrent requests served per user; one more is answered 429.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub user_concurrency: usize,
+    /// Where to write the service-account key file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "ferry-sandbox-google-key.json"
+    )]
+    pub key_file: PathBuf,
 }
 
 /// `ferry sandbox m365`.

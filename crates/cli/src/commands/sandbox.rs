@@ -1,10 +1,11 @@
-//! `ferry sandbox s3 ROOT` and `ferry sandbox m365`: a local S3-compatible store and a local
-//! Microsoft Graph to try ferry against.
+//! `ferry sandbox s3 ROOT`, `ferry sandbox m365` and `ferry sandbox google`: a local
+//! S3-compatible store, a local Microsoft Graph and a local Google Workspace to try ferry
+//! against.
 
 use anyhow::{Context, Result};
 use ferry_sandbox::{
-    GraphConfig, GraphFaults, GraphServer, S3Server, GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET,
-    S3_ACCESS_KEY, S3_SECRET_KEY,
+    GoogleConfig, GoogleFaults, GoogleServer, GraphConfig, GraphFaults, GraphServer, S3Server,
+    GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET, S3_ACCESS_KEY, S3_SECRET_KEY,
 };
 
 use super::exit;
@@ -80,6 +81,50 @@ pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
                 "  ferry export m365:{tenant} --client-id {GRAPH_CLIENT_ID} --graph-endpoint {} --login-endpoint {} --to ./m365-bag",
                 server.graph_endpoint(),
                 server.login_endpoint()
+            );
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = server.serve_forever() => {}
+            }
+            Ok(exit::OK)
+        }
+        SandboxCommand::Google(args) => {
+            let config = GoogleConfig {
+                seed: args.seed,
+                users: args.users,
+                messages_per_user: args.messages,
+                files_per_user: args.files,
+                shared_drives: args.shared_drives,
+                large_file_bytes: args.large_file_mb * 1024 * 1024,
+                user_concurrency: args.user_concurrency,
+                api_latency: std::time::Duration::from_millis(args.latency_ms),
+                faults: GoogleFaults {
+                    throttle_every: args.throttle_every,
+                    ..GoogleFaults::default()
+                },
+                ..GoogleConfig::default()
+            };
+            let domain = config.domain.clone();
+            let mut server = GoogleServer::start(config, args.port)
+                .await
+                .with_context(|| format!("cannot serve on port {}", args.port))?;
+            std::fs::write(&args.key_file, server.service_account_key_json())
+                .with_context(|| format!("cannot write {}", args.key_file.display()))?;
+            println!(
+                "Serving a Google Workspace domain {domain} ({} users, one more suspended) at {}. Ctrl-C to stop.",
+                args.users,
+                server.endpoint()
+            );
+            println!(
+                "  service-account key (a test key, not a secret): {}; counters: GET {}/_sandbox/stats",
+                args.key_file.display(),
+                server.endpoint()
+            );
+            println!(
+                "  ferry export google:{domain} --service-account {} --admin {} --google-endpoint {} --to ./google-bag",
+                args.key_file.display(),
+                server.admin_email(),
+                server.endpoint()
             );
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
