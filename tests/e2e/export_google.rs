@@ -277,6 +277,15 @@ fn a_domain_exports_byte_identical_and_says_what_it_could_not_read() {
     );
     ferry(["verify", bag.to_str().unwrap()]).expect_code(0);
     assert_bagit_py_valid(&bag);
+    // The records follow the published schemas.
+    let errors = schema_errors("items.schema.json", &items(&bag));
+    assert!(errors.is_empty(), "{errors:#?}");
+    let errors = schema_errors("failure.schema.json", &fails);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(bag.join("ferry/run.json")).unwrap()).unwrap();
+    let errors = schema_errors("run.schema.json", std::slice::from_ref(&run_json));
+    assert!(errors.is_empty(), "{errors:#?}");
 
     let d = details(&bag);
     // Reconciliation: each mailbox's profile count (without spam and trash) against archived.
