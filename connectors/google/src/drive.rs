@@ -316,7 +316,7 @@ async fn list_files(
     while let Some(page) = pages.next_page().await? {
         for f in page["files"].as_array().into_iter().flatten() {
             let Some(id) = f["id"].as_str() else { continue };
-            if !seen.insert(id.to_string()) {
+            if !seen.insert(ferry_http::id_hash(id)) {
                 continue;
             }
             record.files += 1;
@@ -480,7 +480,7 @@ fn file_items(
                 .claimed_files
                 .lock()
                 .expect("claims")
-                .insert(id.to_string());
+                .insert(ferry_http::id_hash(id));
             if owner_exported || !first {
                 record.references += 1;
                 path.push("Shared with me".into());
@@ -507,7 +507,7 @@ fn file_items(
                 .claimed_files
                 .lock()
                 .expect("claims")
-                .insert(id.to_string());
+                .insert(ferry_http::id_hash(id));
             path.extend(folder_path(folders, f["parents"][0].as_str()));
         }
     } else {

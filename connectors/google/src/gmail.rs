@@ -113,7 +113,7 @@ async fn list_mailbox(
         };
         for m in list {
             let Some(id) = m["id"].as_str() else { continue };
-            if !seen.insert(id.to_string()) {
+            if !seen.insert(ferry_http::id_hash(id)) {
                 continue;
             }
             record.listed += 1;

@@ -230,8 +230,8 @@ pub(crate) struct Inner {
     pub options: GoogleOptions,
     pub state: Mutex<RunState>,
     /// Drive files already handed on by some user's listing (a file shared with several
-    /// exported users is archived once).
-    pub claimed_files: Mutex<HashSet<String>>,
+    /// exported users is archived once), as id hashes.
+    pub claimed_files: Mutex<HashSet<u64>>,
     /// Each mailbox's labels (id → name), read by its listing, for the records of its messages.
     pub labels: Mutex<HashMap<String, gmail::Labels>>,
 }

@@ -78,8 +78,13 @@ pub(crate) fn items(inner: &Inner, user: &User, labels: &BTreeMap<String, String
     out
 }
 
-/// Every message id carrying `label` (or, for `None`, every message).
-async fn ids_of(inner: &Inner, email: &str, label: Option<&str>) -> Result<Vec<String>> {
+/// The message ids carrying `label` (or, for `None`, every message), page by page.
+fn id_pages<'a>(
+    inner: &'a Inner,
+    email: &'a str,
+    label: Option<&str>,
+    what: &'a str,
+) -> crate::api::Pages<'a> {
     let spam_trash = inner.options.include_spam_trash || matches!(label, Some("SPAM" | "TRASH"));
     let mut url = format!(
         "{}/messages?maxResults=500&includeSpamTrash={spam_trash}",
@@ -88,43 +93,20 @@ async fn ids_of(inner: &Inner, email: &str, label: Option<&str>) -> Result<Vec<S
     if let Some(l) = label {
         url.push_str(&format!("&labelIds={}", ferry_http::query_value(l)));
     }
-    let what = format!("listing {email}'s messages for an mbox file");
-    let mut pages = inner.google.pages(url, email, Api::Gmail, &what);
-    let mut ids = Vec::new();
-    let mut seen = HashSet::new();
-    while let Some(page) = pages.next_page().await? {
-        for m in page["messages"].as_array().into_iter().flatten() {
-            if let Some(id) = m["id"].as_str() {
-                if seen.insert(id.to_string()) {
-                    ids.push(id.to_string());
-                }
-            }
-        }
-    }
-    Ok(ids)
+    inner.google.pages(url, email, Api::Gmail, what)
 }
 
-/// The ids an mbox file holds: a label's messages, or for `Archived` those in no other file.
-async fn members(inner: &Inner, email: &str, label_id: &str) -> Result<Vec<String>> {
-    if !label_id.is_empty() {
-        return ids_of(inner, email, Some(label_id)).await;
-    }
-    let labels = labels_of(inner, email);
-    let mut filed = HashSet::new();
-    for id in labels
-        .keys()
-        .filter(|id| is_folder_label(id, inner.options.include_spam_trash))
-    {
-        filed.extend(ids_of(inner, email, Some(id)).await?);
-    }
-    Ok(ids_of(inner, email, None)
-        .await?
+fn page_ids(page: &Value) -> impl Iterator<Item = &str> {
+    page["messages"]
+        .as_array()
         .into_iter()
-        .filter(|id| !filed.contains(id))
-        .collect())
+        .flatten()
+        .filter_map(|m| m["id"].as_str())
 }
 
-/// Opens an mbox file: a stream built message by message.
+/// Opens an mbox file: a stream built message by message, page by page of the label's listing
+/// (memory stays flat however large the label; `Archived` keeps an 8-byte hash per message
+/// filed elsewhere).
 pub(crate) async fn open(inner: &Arc<Inner>, item: &Item, offset: u64) -> Result<Opened> {
     if offset > 0 {
         return Err(Error::transient(
@@ -142,24 +124,59 @@ pub(crate) async fn open(inner: &Arc<Inner>, item: &Item, offset: u64) -> Result
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let ids = members(inner, &email, &label_id).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(4);
     let inner = inner.clone();
     tokio::spawn(async move {
-        for id in ids {
-            if let Err(e) = write_message(&inner, &email, &id, &tx).await {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-            if tx.is_closed() {
-                return;
-            }
+        if let Err(e) = build(&inner, &email, &label_id, &tx).await {
+            let _ = tx.send(Err(e)).await;
         }
     });
     let bytes =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) })
             .boxed();
     Ok(Opened::bytes(bytes))
+}
+
+/// Writes every message of the mbox file into `tx`.
+async fn build(
+    inner: &Inner,
+    email: &str,
+    label_id: &str,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes>>,
+) -> Result<()> {
+    let what = format!("listing {email}'s messages for an mbox file");
+    // Archived: the messages no other mbox file holds.
+    let mut filed = None;
+    if label_id.is_empty() {
+        let labels = labels_of(inner, email);
+        let mut set = HashSet::new();
+        for id in labels
+            .keys()
+            .filter(|id| is_folder_label(id, inner.options.include_spam_trash))
+        {
+            let mut pages = id_pages(inner, email, Some(id), &what);
+            while let Some(page) = pages.next_page().await? {
+                set.extend(page_ids(&page).map(ferry_http::id_hash));
+            }
+        }
+        filed = Some(set);
+    }
+    let label = (!label_id.is_empty()).then_some(label_id);
+    let mut pages = id_pages(inner, email, label, &what);
+    let mut written = HashSet::new();
+    while let Some(page) = pages.next_page().await? {
+        for id in page_ids(&page) {
+            let h = ferry_http::id_hash(id);
+            if filed.as_ref().is_some_and(|f| f.contains(&h)) || !written.insert(h) {
+                continue;
+            }
+            write_message(inner, email, id, tx).await?;
+            if tx.is_closed() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes one message in mboxrd form.

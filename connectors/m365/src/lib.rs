@@ -565,13 +565,7 @@ pub(crate) async fn fail_listing(tx: &Sender, name: &str, g: graph::GraphError) 
     send(tx, Listing::Failed(failure)).await
 }
 
-/// A 64-bit hash of an id (SHA-256's first 8 bytes: the same on every run and machine), to
-/// remember which items a listing already handed on without keeping their ids.
-pub(crate) fn id_hash(id: &str) -> u64 {
-    use sha2::Digest as _;
-    let d = sha2::Sha256::digest(id.as_bytes());
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-}
+pub(crate) use ferry_http::id_hash;
 
 /// An RFC 3339 time from Graph.
 pub(crate) fn parse_time(v: &Value) -> Option<time::OffsetDateTime> {

@@ -123,3 +123,12 @@ pub fn body_stream(
         })
         .boxed()
 }
+
+/// A 64-bit hash of an id (SHA-256's first 8 bytes: the same on every run and machine), so
+/// listings can remember which items they already handed on without keeping the ids: memory
+/// per item stays 8 bytes whatever the id's length.
+pub fn id_hash(id: &str) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
