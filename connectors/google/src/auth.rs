@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::{Error, Result};
-use ferry_http::{describe_reqwest, host_of, Rs256Key};
+use ferry_http::{describe_reqwest, host_of, AccessToken, OAuthError, Rs256Key};
 use serde::Deserialize;
 
 use crate::api::Api;
@@ -88,12 +88,7 @@ impl ServiceAccountKey {
     }
 }
 
-struct Token {
-    value: String,
-    renew_after: Instant,
-}
-
-type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<AccessToken>>>;
 
 /// Gets and caches access tokens, one per (impersonated user, API).
 pub struct Auth {
@@ -101,21 +96,6 @@ pub struct Auth {
     key: ServiceAccountKey,
     slots: Mutex<HashMap<(String, Api), Slot>>,
     issued: AtomicU64,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
 }
 
 impl Auth {
@@ -173,7 +153,7 @@ impl Auth {
         }
     }
 
-    async fn fetch(&self, user: &str, api: Api) -> Result<Token> {
+    async fn fetch(&self, user: &str, api: Api) -> Result<AccessToken> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -195,6 +175,7 @@ impl Auth {
             .key
             .sign(&header, &claims)
             .map_err(|e| Error::fatal(format!("cannot sign in as the service account: {e}")))?;
+        let asked = Instant::now();
         let response = self
             .http
             .post(&self.key.token_uri)
@@ -219,30 +200,20 @@ impl Auth {
             ))
         })?;
         if status.is_success() {
-            let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            let t = ferry_http::token_from_answer(&body, asked).ok_or_else(|| {
                 Error::transient(format!(
                     "signing in as {user}: the token endpoint answered {status} without an access token"
                 ))
             })?;
-            let lifetime = match t.expires_in {
-                Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(3600),
-                Some(serde_json::Value::String(s)) => s.parse().unwrap_or(3600),
-                _ => 3600,
-            };
             self.issued.fetch_add(1, Ordering::Relaxed);
-            // Renew five minutes early (or half-way, for short-lived tokens).
-            let margin = if lifetime > 600 { 300 } else { lifetime / 2 };
-            return Ok(Token {
-                value: t.access_token,
-                renew_after: Instant::now() + Duration::from_secs(lifetime - margin),
-            });
+            return Ok(t);
         }
-        let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
+        let e = OAuthError::from_answer(&body);
         Err(self.explain(user, api, status.as_u16(), &e))
     }
 
     /// One sentence for a refused grant, with what to do.
-    fn explain(&self, user: &str, api: Api, status: u16, e: &TokenError) -> Error {
+    fn explain(&self, user: &str, api: Api, status: u16, e: &OAuthError) -> Error {
         let said = if e.error_description.is_empty() {
             format!("{status} {}", e.error)
         } else {

@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    Connector, ContainerCounts, Error, Item, Listing, ListingStream, Opened, Result, RetryPolicy,
-    SourceInfo,
+    Connector, ContainerCounts, Error, Item, ListingStream, Opened, Result, RetryPolicy, SourceInfo,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -301,7 +300,7 @@ impl GoogleConnector {
 }
 
 /// Answers from the listing tasks.
-pub(crate) type Sender = tokio::sync::mpsc::Sender<Result<Listing>>;
+pub(crate) type Sender = ferry_core::ListingSender;
 
 enum Job {
     Gmail(directory::User),
@@ -354,27 +353,9 @@ impl Inner {
 }
 
 /// Sends a listing entry; an error when the run is gone (stop listing).
-pub(crate) async fn send(tx: &Sender, entry: Listing) -> Result<()> {
-    tx.send(Ok(entry))
-        .await
-        .map_err(|_| Error::fatal("the run stopped"))
-}
+pub(crate) use ferry_core::send_listing as send;
 
-/// Records that part of the source could not be listed (a fatal error stops the run instead).
-pub(crate) async fn fail_listing(tx: &Sender, name: &str, e: Error) -> Result<()> {
-    if e.is_fatal() {
-        return Err(e);
-    }
-    let failure = ferry_core::Failure {
-        source: None,
-        name: name.to_string(),
-        stage: "list".into(),
-        error: e.message().to_string(),
-        attempts: 1,
-        at: time::OffsetDateTime::now_utc(),
-    };
-    send(tx, Listing::Failed(failure)).await
-}
+pub(crate) use ferry_core::send_listing_failure as fail_listing;
 
 /// An RFC 3339 time.
 pub(crate) fn parse_time(v: &Value) -> Option<time::OffsetDateTime> {
@@ -464,10 +445,9 @@ impl Connector for GoogleConnector {
     }
 
     fn list(&self) -> ListingStream<'_> {
-        let (tx, rx) = tokio::sync::mpsc::channel(512);
+        let (tx, listing) = ferry_core::listing_channel(512);
         tokio::spawn(self.inner.clone().list_all(tx));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .boxed()
+        listing
     }
 
     async fn open(&self, item: &Item, offset: u64) -> Result<Opened> {

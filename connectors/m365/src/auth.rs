@@ -3,14 +3,13 @@
 //! they expire and renewed at once when Graph rejects one (a 401), so runs that last hours keep
 //! going. Secrets never appear in errors or logs.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ferry_core::{Error, Result};
 use ferry_http::{pem_blocks, Rs256Key};
 use ring::rand::SystemRandom;
-use serde::Deserialize;
 use sha1::Digest as _;
 
 /// How the app proves who it is.
@@ -53,10 +52,7 @@ impl Credential {
     }
 }
 
-struct Token {
-    value: String,
-    renew_after: Instant,
-}
+type Token = ferry_http::AccessToken;
 
 /// Gets and caches app-only access tokens for Graph.
 pub struct Auth {
@@ -67,21 +63,6 @@ pub struct Auth {
     credential: Credential,
     cached: tokio::sync::Mutex<Option<Token>>,
     issued: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenError {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
 }
 
 impl Auth {
@@ -177,28 +158,15 @@ impl Auth {
             ))
         })?;
         if status.is_success() {
-            let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
+            let t = ferry_http::token_from_answer(&body, started).ok_or_else(|| {
                 Error::fatal(format!(
                     "the sign-in endpoint {} answered without an access token; is --login-endpoint right?",
                     self.token_url
                 ))
             })?;
-            let lifetime = t
-                .expires_in
-                .and_then(|v| {
-                    v.as_u64()
-                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                })
-                .unwrap_or(3600);
             self.issued
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            // Renew 5 minutes early (or halfway, for very short lifetimes) so no request
-            // goes out with a token about to expire.
-            let margin = (lifetime / 2).min(300);
-            return Ok(Token {
-                value: t.access_token,
-                renew_after: started + Duration::from_secs(lifetime - margin),
-            });
+            return Ok(t);
         }
         if status.as_u16() == 429 || status.is_server_error() {
             return Err(
@@ -206,7 +174,7 @@ impl Auth {
                     .with_retry_after(crate::graph::retry_after(&headers)),
             );
         }
-        let e: TokenError = serde_json::from_slice(&body).unwrap_or_default();
+        let e = ferry_http::OAuthError::from_answer(&body);
         // Entra ID puts the reason first and trace ids after; keep the reason.
         let reason = e
             .error_description

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_core::{
-    ByteStream, Connector, ContainerCounts, Error, Item, Listing, ListingStream, Opened, Result,
+    ByteStream, Connector, ContainerCounts, Error, Item, ListingStream, Opened, Result,
     RetryPolicy, SourceInfo,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -264,7 +264,7 @@ impl M365Connector {
 }
 
 /// Answers from the listing tasks.
-type Sender = tokio::sync::mpsc::Sender<Result<Listing>>;
+pub(crate) type Sender = ferry_core::ListingSender;
 
 impl Inner {
     async fn list_all(self: Arc<Self>, tx: Sender) {
@@ -321,11 +321,7 @@ enum Job {
 }
 
 /// Sends a listing entry; false when the run is gone (stop listing).
-pub(crate) async fn send(tx: &Sender, entry: Listing) -> Result<()> {
-    tx.send(Ok(entry))
-        .await
-        .map_err(|_| Error::fatal("the run stopped"))
-}
+pub(crate) use ferry_core::send_listing as send;
 
 #[async_trait]
 impl Connector for M365Connector {
@@ -397,10 +393,9 @@ impl Connector for M365Connector {
     }
 
     fn list(&self) -> ListingStream<'_> {
-        let (tx, rx) = tokio::sync::mpsc::channel(512);
+        let (tx, listing) = ferry_core::listing_channel(512);
         tokio::spawn(self.inner.clone().list_all(tx));
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .boxed()
+        listing
     }
 
     async fn open(&self, item: &Item, offset: u64) -> Result<Opened> {
@@ -551,18 +546,7 @@ impl Connector for M365Connector {
 
 /// Records that part of the source could not be listed (a fatal error stops the run instead).
 pub(crate) async fn fail_listing(tx: &Sender, name: &str, g: graph::GraphError) -> Result<()> {
-    if g.error.is_fatal() {
-        return Err(g.error);
-    }
-    let failure = ferry_core::Failure {
-        source: None,
-        name: name.to_string(),
-        stage: "list".into(),
-        error: g.error.message().to_string(),
-        attempts: 1,
-        at: time::OffsetDateTime::now_utc(),
-    };
-    send(tx, Listing::Failed(failure)).await
+    ferry_core::send_listing_failure(tx, name, g.error).await
 }
 
 pub(crate) use ferry_http::id_hash;

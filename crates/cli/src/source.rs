@@ -161,21 +161,11 @@ fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>>
     let users = match args.users.trim() {
         "" | "all" => UserSelection::All,
         g if g.starts_with("group:") => UserSelection::Group(g["group:".len()..].to_string()),
-        list => UserSelection::List(
-            list.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        ),
+        list => UserSelection::List(comma_list(list)),
     };
     let sites = match m.sites.trim() {
         "" | "all" => SiteSelection::All,
-        list => SiteSelection::Urls(
-            list.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        ),
+        list => SiteSelection::Urls(comma_list(list)),
     };
     let include = if args.include.is_empty() {
         Include::ALL
@@ -231,12 +221,7 @@ fn google_connector(domain: &str, args: &ExportArgs) -> Result<Arc<dyn Connector
                 "--users group:… is for m365: sources; for google: give all or a list of addresses"
             )
         }
-        list => UserSelection::List(
-            list.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        ),
+        list => UserSelection::List(comma_list(list)),
     };
     let include = if args.include.is_empty() {
         Include::ALL
@@ -266,4 +251,12 @@ fn google_connector(domain: &str, args: &ExportArgs) -> Result<Arc<dyn Connector
         ..GoogleOptions::new(domain, &admin)
     };
     Ok(Arc::new(GoogleConnector::new(options, key)?))
+}
+
+/// The non-empty, trimmed parts of a comma-separated list.
+fn comma_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
 }

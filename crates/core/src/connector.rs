@@ -101,6 +101,45 @@ pub enum Listing {
 /// A stream of listing entries; an `Err` stops the run (wrong credentials, missing source).
 pub type ListingStream<'a> = BoxStream<'a, Result<Listing>>;
 
+/// Where listing tasks send their entries (see [`listing_channel`]).
+pub type ListingSender = tokio::sync::mpsc::Sender<Result<Listing>>;
+
+/// A listing produced by tasks running beside the pipeline (several mailboxes or drives listed
+/// at once): the sender for the tasks, and the stream the pipeline reads. At most `capacity`
+/// entries wait, so a listing that runs ahead of the transfers holds bounded memory.
+pub fn listing_channel<'a>(capacity: usize) -> (ListingSender, ListingStream<'a>) {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed();
+    (tx, stream)
+}
+
+/// Sends a listing entry; a fatal error once the run has stopped reading (stop listing).
+pub async fn send_listing(tx: &ListingSender, entry: Listing) -> Result<()> {
+    tx.send(Ok(entry))
+        .await
+        .map_err(|_| crate::Error::fatal("the run stopped"))
+}
+
+/// Records that part of the source (`name`) could not be listed, so the run reports it and
+/// goes on; a fatal error is returned instead, to stop the run.
+pub async fn send_listing_failure(tx: &ListingSender, name: &str, e: crate::Error) -> Result<()> {
+    if e.is_fatal() {
+        return Err(e);
+    }
+    let failure = Failure {
+        source: None,
+        name: name.to_string(),
+        stage: "list".into(),
+        error: e.message().to_string(),
+        attempts: 1,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    send_listing(tx, Listing::Failed(failure)).await
+}
+
 /// What a connector says about the source it reads, for run records.
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceInfo {

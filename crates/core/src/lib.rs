@@ -22,7 +22,8 @@ pub mod store;
 
 pub use checksum::QuickXorHash;
 pub use connector::{
-    ByteStream, Connector, ItemUpdate, Listing, ListingStream, Opened, SourceInfo, Trailer,
+    listing_channel, send_listing, send_listing_failure, ByteStream, Connector, ItemUpdate,
+    Listing, ListingSender, ListingStream, Opened, SourceInfo, Trailer,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};

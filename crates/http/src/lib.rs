@@ -4,6 +4,7 @@
 //! RS256-signed JWTs (Entra ID client assertions, Google service-account grants).
 
 pub mod jwt;
+pub mod oauth;
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,7 @@ use reqwest::header::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub use jwt::{pem_blocks, Rs256Key};
+pub use oauth::{token_from_answer, AccessToken, OAuthError};
 
 /// An HTTP client for API calls: no redirects followed (downloads that redirect handle it
 /// themselves, so bearer tokens never travel to other hosts), a connect timeout, a read

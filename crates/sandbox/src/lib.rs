@@ -150,23 +150,7 @@ impl S3Server {
         };
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                // Without this, a response written in two pieces (headers, then body) waits for
-                // the client's delayed ACK: ~40 ms per small GET on a reused connection.
-                let _ = socket.set_nodelay(true);
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
+        let task = serve(listener, service);
         Ok(S3Server {
             addr,
             root: root.to_path_buf(),
@@ -204,4 +188,37 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves `service` on every connection `listener` accepts (HTTP/1.1 and HTTP/2), until the
+/// returned task is aborted.
+pub(crate) fn serve<S, B>(listener: TcpListener, service: S) -> tokio::task::JoinHandle<()>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            // Without this, a response written in two pieces (headers, then body) waits for
+            // the client's delayed ACK: ~40 ms per small GET on a reused connection.
+            let _ = socket.set_nodelay(true);
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    })
 }

@@ -87,8 +87,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use serde_json::{json, Value};
 use sha2::Digest;
 use tokio::net::TcpListener;
@@ -920,26 +918,11 @@ impl GoogleServer {
         let truth = domain::generate(&config);
         let state = Arc::new(State::new(config, truth, format!("http://{addr}")));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = socket.set_nodelay(true);
-                let st = st.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(handle(st, req).await) }
-                });
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), svc)
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        let svc = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(st, req).await) }
         });
+        let task = crate::serve(listener, svc);
         Ok(GoogleServer { addr, state, task })
     }
 

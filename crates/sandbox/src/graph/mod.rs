@@ -79,8 +79,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -945,28 +943,11 @@ impl GraphServer {
         let truth = tenant::generate(&config);
         let state = Arc::new(State::new(config, truth, format!("http://{addr}")));
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                // As in the S3 sandbox: without this a small response written in two pieces
-                // waits for the client's delayed ACK.
-                let _ = socket.set_nodelay(true);
-                let st = st.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    let st = st.clone();
-                    async move { Ok::<_, Infallible>(handle(st, req).await) }
-                });
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), svc)
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
+        let svc = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(st, req).await) }
         });
+        let task = crate::serve(listener, svc);
         Ok(GraphServer { addr, state, task })
     }
 
