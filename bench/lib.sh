@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by bench/run.sh, bench/s3.sh and bench/m365.sh: sourced, not run. Before sourcing it a
+# Shared by bench/run.sh, bench/s3.sh, bench/m365.sh and bench/google.sh: sourced, not run. Before sourcing it a
 # script sets LOG_TAG (how its log lines start) and `repo` (the repository root); the helpers
 # below read the script's settings (QUIET_MAX, QUIET_WAIT, WORK, SERVER_PID, SERVER_NAME, FERRY,
 # FERRY_LABEL) when they are called.
@@ -168,6 +168,195 @@ server_address() {
         sleep 0.1
     done
     [[ -n $ADDRESS ]] || die "$SERVER_NAME did not say where it listens"
+}
+
+# --- Sandbox export benchmarks (bench/m365.sh, bench/google.sh) -------------------------------
+# One `ferry export` per setting against a fresh `ferry sandbox` (so that its counters cover one
+# export), each export's records in a folder of WORK/runs, checked and reported by the script's
+# Python helper (HELPER; shared parts in bench/benchlib.py).
+
+# bench_mode ARG...: MODE is `full` (the default) or `quick`; --help prints the script's header.
+# shellcheck disable=SC2034 # MODE: read by the script that sources this file
+bench_mode() {
+    local arg
+    MODE=full
+    for arg in "$@"; do
+        case $arg in
+            full | quick) MODE=$arg ;;
+            -h | --help) usage "$0"; exit 0 ;;
+            *) die "unknown mode '$arg' (full, quick)" ;;
+        esac
+    done
+}
+
+# sandbox_settings FILES LARGE_MB ARG...: the mode (bench_mode ARG...) and the settings both
+# benchmarks share, from the environment or by default: USERS=50, MESSAGES=2000, FILES, LARGE_MB (quick: 5, 200, 10 and
+# 8), LATENCIES="0 20", CONCURRENCY="8 32", BENCH_DIR=/tmp/ferry-NAME-bench (LOG_TAG bench-NAME),
+# QUIET_MAX=15, VERIFY=0, TIMEOUT=1800, KEEP=0, PYTHON=python3; dies unless they are numbers.
+# DEFAULT_SIZE is 1 if USERS, MESSAGES, FILES and LARGE_MB are the full run's.
+# shellcheck disable=SC2034 # read by the script that sources this file
+sandbox_settings() {
+    local v
+    bench_mode "${@:3}"
+    SERVER_NAME="the sandbox"
+    if [[ $MODE == quick ]]; then
+        USERS=${USERS:-5} MESSAGES=${MESSAGES:-200} FILES=${FILES:-10} LARGE_MB=${LARGE_MB:-8}
+    fi
+    USERS=${USERS:-50}
+    MESSAGES=${MESSAGES:-2000}
+    FILES=${FILES:-$1}
+    LARGE_MB=${LARGE_MB:-$2}
+    LATENCIES=${LATENCIES:-0 20}
+    CONCURRENCY=${CONCURRENCY:-8 32}
+    BENCH_DIR=${BENCH_DIR:-/tmp/ferry-${LOG_TAG#bench-}-bench}
+    QUIET_MAX=${QUIET_MAX:-15}
+    VERIFY=${VERIFY:-0}
+    TIMEOUT=${TIMEOUT:-1800}
+    KEEP=${KEEP:-0}
+    PYTHON=${PYTHON:-python3}
+    for v in FILES LARGE_MB QUIET_MAX TIMEOUT; do
+        [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"
+    done
+    positive_ints USERS MESSAGES
+    for v in $LATENCIES $CONCURRENCY; do [[ $v =~ ^[0-9]+$ ]] || die "LATENCIES and CONCURRENCY are integers"; done
+    DEFAULT_SIZE=0
+    if [[ $USERS == 50 && $MESSAGES == 2000 && $FILES == "$1" && $LARGE_MB == "$2" ]]; then DEFAULT_SIZE=1; fi
+}
+
+# sandbox_docs: after sandbox_settings (and the script's own settings, which may set DEFAULT_SIZE
+# to 0), DOCS (default_docs: the docs only for a full run at default settings) and QUIET_WAIT
+# (default 300 s at default settings, 10 s otherwise).
+sandbox_docs() {
+    local full=0
+    ((DEFAULT_SIZE)) && [[ $MODE == full ]] && full=1
+    default_docs "$full"
+    if ((DEFAULT_SIZE)); then QUIET_WAIT=${QUIET_WAIT:-300}; else QUIET_WAIT=${QUIET_WAIT:-10}; fi
+    [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "QUIET_WAIT is an integer"
+}
+
+# bench_tools: /usr/bin/time, curl, python (PYTHON; PY is its full path) and FERRY (resolve_ferry).
+bench_tools() {
+    [[ -x /usr/bin/time ]] || apt_install time
+    need_tools timeout curl awk "$PYTHON"
+    PY=$("$PYTHON" -c 'import sys; print(sys.executable)')
+    resolve_ferry
+}
+
+# bench_dirs: BENCH_DIR made absolute, WORK=BENCH_DIR/work (with runs/), DEST=BENCH_DIR/bag (the
+# bag of the current export); both deleted on exit unless KEEP=1.
+bench_dirs() {
+    mkdir -p "$BENCH_DIR"
+    BENCH_DIR=$(cd "$BENCH_DIR" && pwd)
+    WORK=$BENCH_DIR/work
+    DEST=$BENCH_DIR/bag
+    rm -rf "$WORK" "$DEST"
+    mkdir -p "$WORK/runs"
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    local rc=$?
+    stop_server
+    if [[ $KEEP != 1 ]]; then
+        rm -rf "$DEST" "$WORK"
+        rmdir "$BENCH_DIR" 2>/dev/null || true
+    else
+        log "KEEP=1: the last bag is in $DEST, the run records in $WORK"
+    fi
+    exit "$rc"
+}
+
+# start_sandbox ARG...: a fresh `ferry sandbox ARG...` in the background; sets SERVER_PID and
+# ADDR (host:port, once it listens: after seeding).
+start_sandbox() {
+    "$FERRY" sandbox "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
+    SERVER_PID=$!
+    server_address '127\.0\.0\.1:[0-9]*' 600
+    ADDR=$ADDRESS
+}
+
+# sandbox_stats: the running sandbox's counters (ADDR: its host:port).
+sandbox_stats() { curl -sf "http://$ADDR/_sandbox/stats"; }
+
+# new_run LATENCY CONCURRENCY: RUN is a new folder for the records of that export (in WORK/runs;
+# its meta.tsv says LATENCY and CONCURRENCY), and DEST is deleted.
+new_run() {
+    RUN=$WORK/runs/lat$1-c$2
+    mkdir -p "$RUN"
+    printf 'latency_ms\t%s\nconcurrency\t%s\n' "$1" "$2" >"$RUN/meta.tsv"
+    fresh_dest "$DEST" "$BENCH_DIR"
+}
+
+# measure_export DIR COMMAND...: with a fresh sandbox running (SERVER_PID, ADDR) and DIR made by
+# new_run, waits for the quiet gate, runs COMMAND (an export
+# into DEST printing its --json summary) under /usr/bin/time, and records in DIR what
+# benchlib.load_run reads; stops the sandbox; with VERIFY=1 runs `ferry verify` on the bag
+# (untimed). Then `HELPER check DIR` (the bag still in DEST). A failed export or check stops the
+# benchmark.
+measure_export() {
+    local dir=$1 t0 t1 b0 b1 s0 s1 rc=0
+    shift
+    sandbox_stats >"$dir/before.json" || die "cannot read http://$ADDR/_sandbox/stats"
+    quiet_gate
+    server_alive
+    log "  exporting"
+    s0=$(pid_ticks "$SERVER_PID")
+    b0=$(busy_ticks)
+    t0=$(date +%s%N)
+    /usr/bin/time -f '%e %U %S %M' -o "$dir/time" timeout "$TIMEOUT" "$@" >"$dir/summary.json" 2>"$dir/stderr" || rc=$?
+    t1=$(date +%s%N)
+    b1=$(busy_ticks)
+    s1=$(pid_ticks "$SERVER_PID")
+    server_alive
+    sandbox_stats >"$dir/after.json" || die "cannot read http://$ADDR/_sandbox/stats"
+    grep VmHWM "/proc/$SERVER_PID/status" | awk '{ print $2 }' >"$dir/server_rss"
+    stop_server
+    if ((rc != 0)); then
+        tail -n 20 "$dir/stderr" >&2
+        die "ferry export exited with $rc ($(basename "$dir"))"
+    fi
+    cp "$DEST/ferry/run.json" "$dir/run.json"
+    printf 'wall_ns\t%s\nbusy_ticks\t%s\nserver_ticks\t%s\nclk_tck\t%s\n' \
+        $((t1 - t0)) $((b1 - b0)) $((s1 - s0)) "$CLK_TCK" >>"$dir/meta.tsv"
+    if [[ $VERIFY == 1 ]]; then
+        log "  ferry verify (untimed)"
+        local v0 v1
+        v0=$(date +%s%N)
+        "$FERRY" verify "$DEST" >"$dir/verify.out" 2>&1 || { tail -n 20 "$dir/verify.out" >&2; die "ferry verify failed"; }
+        v1=$(date +%s%N)
+        printf 'verify_ns\t%s\n' $((v1 - v0)) >>"$dir/meta.tsv"
+    fi
+    "$PY" -B "$HELPER" check "$dir" || die "the run broke a limit or missed items (see above)"
+}
+
+# measure_matrix: the script's `measure LATENCY CONCURRENCY` for each of LATENCIES x CONCURRENCY;
+# then DEST is deleted.
+measure_matrix() {
+    local lat conc
+    for lat in $LATENCIES; do
+        for conc in $CONCURRENCY; do
+            measure "$lat" "$conc"
+        done
+    done
+    fresh_dest "$DEST" "$BENCH_DIR"
+}
+
+# bench_report CONFIG: WORK/machine.tsv (machine_tsv) and WORK/config.tsv (mode, date, what the
+# function CONFIG prints, destination, quiet gate), then `HELPER report` of WORK/runs (into DOCS
+# if set).
+bench_report() {
+    machine_tsv >"$WORK/machine.tsv"
+    {
+        printf 'mode\t%s\n' "$MODE"
+        date_tsv
+        "$1"
+        printf 'destination\t%s on %s\n' "$BENCH_DIR" "$(fstype "$BENCH_DIR")"
+        quiet_gate_tsv
+    } >"$WORK/config.tsv"
+    echo
+    "$PY" -B "$HELPER" report "$WORK/runs" "$WORK/machine.tsv" "$WORK/config.tsv" ${DOCS:+"$DOCS"}
+    [[ -n $DOCS ]] || log "results not written to a file (DOCS unset: not a full run at default sizes)"
 }
 
 # --- Report -----------------------------------------------------------------------------------
