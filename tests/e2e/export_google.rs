@@ -622,3 +622,67 @@ fn a_scope_missing_from_the_delegation_is_named() {
         run.stderr
     );
 }
+
+#[test]
+fn a_large_message_and_a_large_file_stream_in_flat_memory() {
+    // Gmail sends a message as one JSON string of base64url: a 64 MiB attachment makes an
+    // 88 MB message and a 117 MB answer. ferry decodes it as it streams, so its memory stays far
+    // below the message's size; the same for a 256 MiB Drive file.
+    let fx = GoogleFixture::start(GoogleConfig {
+        large_message_bytes: 64 << 20,
+        large_file_bytes: 256 << 20,
+        ..config(1, 3, 0)
+    });
+    let truth = fx.server.truth().clone();
+    let admin = fx.server.admin_email();
+    let big = truth
+        .messages_of(&admin)
+        .iter()
+        .find(|m| m.subject == "Large attachment")
+        .expect("the large message");
+    assert!(big.size_estimate > 80 << 20);
+    let dir = tempdir();
+    let bag = dir.path().join("big");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let args: Vec<String> = [
+        "export",
+        &format!("google:{}", fx.domain()),
+        "--service-account",
+        fx.key.to_str().unwrap(),
+        "--admin",
+        &admin,
+        "--google-endpoint",
+        &fx.server.endpoint(),
+        "--users",
+        &admin,
+        "--include",
+        "gmail,drive",
+        "--to",
+        bag.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, rss) = ferry_peak_rss(&args, &logs);
+    assert_eq!(
+        code,
+        0,
+        "{}",
+        std::fs::read_to_string(logs.join("stderr")).unwrap()
+    );
+    eprintln!("export of an 88 MB message and a 256 MiB file: peak RSS {rss} KiB");
+    assert!(rss < 48 * 1024, "peak RSS {rss} KiB");
+    let r = items(&bag)
+        .into_iter()
+        .find(|r| r["source"]["id"] == big.id.as_str())
+        .unwrap();
+    assert_eq!(r["size"], big.size_estimate);
+    assert!(std::fs::read(bag.join(r["path"].as_str().unwrap())).unwrap() == big.raw());
+    // The metadata Gmail sends after the content reached the record.
+    assert_eq!(
+        r["extra"]["history_id"],
+        big.history_id.to_string().as_str()
+    );
+    assert_eq!(r["extra"]["labels"], serde_json::json!(["Inbox"]));
+}

@@ -533,6 +533,43 @@ fn make_mailbox(
             spec,
         });
     }
+    if user.is_admin && cfg.large_message_bytes > 0 {
+        t += 3_600_000;
+        let id = message_id(rng, t);
+        let key = key_of(cfg.seed, &id);
+        let spec = MessageSpec {
+            key,
+            from: others.first().cloned().unwrap_or_else(|| owner.clone()),
+            to: vec![owner.clone()],
+            cc: vec![],
+            subject: "Large attachment".into(),
+            date: t / 1000,
+            message_id: format!("{id}.large@mail.gmail.com"),
+            alternative: false,
+            body_lines: 3,
+            unicode_body: false,
+            attachments: vec![AttachmentSpec {
+                name: "archive.bin".into(),
+                mime_type: "application/octet-stream".into(),
+                content: ContentSpec {
+                    key: mix(key ^ 3),
+                    len: cfg.large_message_bytes,
+                    kind: ContentKind::Binary,
+                },
+            }],
+        };
+        let size = build_mime(&spec).len() as u64;
+        msgs.push(GMessage {
+            thread_id: id.clone(),
+            id,
+            label_ids: vec!["INBOX".into()],
+            internal_date_ms: t,
+            history_id: 0,
+            subject: "Large attachment".into(),
+            size_estimate: size,
+            spec,
+        });
+    }
     // History ids grow with time; the list is newest first.
     let base = 1_000 + cfg.seed % 1_000;
     for (rank, m) in msgs.iter_mut().enumerate() {

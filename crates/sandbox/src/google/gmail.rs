@@ -248,14 +248,17 @@ fn get(state: &State, r: &Req, mb: &LiveMailbox, id: &str) -> Resp {
         "labelIds": m.label_ids,
         "snippet": snippet(&raw),
         "sizeEstimate": raw.len(),
-        "historyId": m.history_id.to_string(),
-        "internalDate": m.internal_date_ms.to_string(),
     });
+    // Gmail sends `raw` before `historyId` and `internalDate`, so a client that streams the
+    // answer learns those only at its end.
+    if format == "raw" {
+        // Gmail pads its base64url.
+        v["raw"] = json!(base64::engine::general_purpose::URL_SAFE.encode(&raw));
+    }
+    v["historyId"] = json!(m.history_id.to_string());
+    v["internalDate"] = json!(m.internal_date_ms.to_string());
     match format {
-        "raw" => {
-            // Gmail pads its base64url.
-            v["raw"] = json!(base64::engine::general_purpose::URL_SAFE.encode(&raw));
-        }
+        "raw" => {}
         "metadata" | "full" => {
             let wanted: Vec<String> = r
                 .q_all("metadataHeaders")

@@ -158,6 +158,9 @@ pub struct GoogleConfig {
     /// If > 0, a Google Doc "Big report" in user 0's My Drive whose every export is this many
     /// bytes (over 10 MB, `files.export` refuses it).
     pub large_export_bytes: u64,
+    /// If > 0, user 0's Inbox also holds "Large attachment", a message with an attachment of
+    /// this many bytes (its raw form is about 4/3 larger, its `format=raw` answer 16/9).
+    pub large_message_bytes: u64,
     /// Cap on server page sizes: a page holds min(requested or Google's default, this).
     pub page_size: usize,
     /// Access token lifetime.
@@ -184,6 +187,7 @@ impl Default for GoogleConfig {
             shared_drives: 1,
             large_file_bytes: 0,
             large_export_bytes: 0,
+            large_message_bytes: 0,
             page_size: 1000,
             token_lifetime: Duration::from_secs(3600),
             user_concurrency: 10,
