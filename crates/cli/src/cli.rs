@@ -61,6 +61,19 @@ pub enum Command {
     Ls(LsArgs),
     /// Build a small sample folder (with hostile names), export it, verify it and explain.
     Demo(DemoArgs),
+    /// Back a source up into a repository, incrementally: only what changed is read and stored.
+    ///
+    /// The repository (a folder or s3://BUCKET/PREFIX, made on the first run) stores each
+    /// content once by its SHA-256 and records every run's added, changed and removed items
+    /// with full provenance; items whose size and time (or ETag, version, …) did not change are
+    /// not read again. Runs of one repository never overlap (a lock, taken over when its holder
+    /// is gone); a killed run leaves no trace but reusable content, and the next run completes.
+    #[command(after_long_help = AFTER_HELP)]
+    Backup(Box<BackupArgs>),
+    /// List a repository's runs: when, what, how much changed, status.
+    Runs(RunsArgs),
+    /// Write a run's items (or those a glob selects) from a repository into a folder.
+    Restore(RestoreArgs),
     /// Serve local stand-ins for the clouds, to try ferry or benchmark it without an account.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -96,6 +109,22 @@ pub struct ExportArgs {
     /// Deflate files in a zip (default: stored, as most payload is already compressed).
     #[arg(long)]
     pub compress: bool,
+    /// Seconds between resume checkpoints: a crash or power loss redoes at most this much work
+    /// (0 = after every item, slow on many small files).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub checkpoint_interval: u64,
+    /// Print a JSON summary on stdout (for scripts and monitoring).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub src: SourceArgs,
+    #[command(flatten)]
+    pub bag_info: BagInfoArgs,
+}
+
+/// How to read a source: what `ferry export` and `ferry backup` share.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
     /// Items transferred at once.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
@@ -103,16 +132,9 @@ pub struct ExportArgs {
     /// while reading, checksum mismatches).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub retries: u32,
-    /// Seconds between resume checkpoints: a crash or power loss redoes at most this much work
-    /// (0 = after every item, slow on many small files).
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub checkpoint_interval: u64,
     /// fs: follow symbolic links instead of recording them.
     #[arg(long)]
     pub follow_symlinks: bool,
-    /// Print a JSON summary on stdout (for scripts and monitoring).
-    #[arg(long)]
-    pub json: bool,
     /// What to take. s3: only keys matching this glob, relative to the prefix (`*` also
     /// matches `/`; repeatable). m365: which kinds of data, `mail,onedrive,sharepoint`
     /// (default all three). google: `gmail,drive,shared-drives` (default all three).
@@ -132,8 +154,77 @@ pub struct ExportArgs {
     pub m365: M365Args,
     #[command(flatten)]
     pub google: GoogleArgs,
+}
+
+/// Where a repository is: a folder or `s3://BUCKET/PREFIX` (reached with the S3 connection
+/// options).
+#[derive(Debug, Args, Clone)]
+pub struct RepoArgs {
+    /// The repository: a folder or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "REPO")]
+    pub repo: String,
+    /// A local folder for downloads and content on its way into an S3 repository (default:
+    /// under ~/.cache/ferry/repos).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// `ferry backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// What to back up: the same sources as `ferry export`.
+    pub source: String,
     #[command(flatten)]
-    pub bag_info: BagInfoArgs,
+    pub repo: RepoArgs,
+    /// The job's name: runs of one job form a chain, and each job has its own state (default:
+    /// from the source, e.g. `share` for fs:/srv/share).
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Print a JSON summary on stdout (for scripts and monitoring).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub src: SourceArgs,
+}
+
+/// `ferry runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
+    /// Only this job's runs.
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// The run records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
+    /// Which run: `latest`, a run id, or a date (`2026-11-28`: that day's last run).
+    #[arg(long, value_name = "RUN", default_value = "latest")]
+    pub run: String,
+    /// Of which job (needed with `latest` or a date when the repository holds several).
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Only items whose key (`fs/share/reports/q1.pdf`, `m365/<tenant>/users/<upn>/mail/…`)
+    /// matches: `*` within a name, `**` across folders, `?` one character; repeatable.
+    #[arg(long = "path", value_name = "GLOB")]
+    pub paths: Vec<String>,
+    /// The folder to write into (made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `google:` sources.

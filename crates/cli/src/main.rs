@@ -42,6 +42,9 @@ fn main() {
         let task = tokio::spawn(async move {
             match &cli.command {
                 Command::Export(args) => commands::export::run(&cli, args).await,
+                Command::Backup(args) => commands::backup::run(&cli, args).await,
+                Command::Runs(args) => commands::backup::runs(&cli, args).await,
+                Command::Restore(args) => commands::backup::restore(&cli, args).await,
                 Command::Verify(args) => commands::verify::run(&cli, args).await,
                 Command::Ls(args) => commands::ls::run(&cli, args).await,
                 Command::Demo(args) => commands::demo::run(&cli, args).await,

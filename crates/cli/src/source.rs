@@ -9,19 +9,19 @@ use ferry_core::ObjectStore;
 use ferry_fs::{FsConnector, FsOptions};
 use ferry_s3::{ObjectLock, S3Connector, S3Location, S3Options, S3Store};
 
-use crate::cli::{ExportArgs, S3ConnectionArgs};
+use crate::cli::{S3ConnectionArgs, SourceArgs};
 
-/// The connector for `args.source`.
-pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
-    let source = args.source.as_str();
+/// The connector for `source`; `to` is where its items go (a bag or a repository: a path or
+/// an `s3://` URI), so that a folder is never archived into itself.
+pub fn connector_for(source: &str, args: &SourceArgs, to: &str) -> Result<Arc<dyn Connector>> {
     if let Some(path) = source.strip_prefix("fs:") {
         if path.is_empty() {
             bail!("fs: needs a path, e.g. fs:/srv/share");
         }
-        return fs_connector(Path::new(path), args);
+        return fs_connector(Path::new(path), args, to);
     }
     if source.starts_with("s3://") {
-        return s3_connector(args);
+        return s3_connector(source, args);
     }
     if let Some(tenant) = source.strip_prefix("m365:") {
         return m365_connector(tenant, args);
@@ -41,7 +41,7 @@ pub fn connector_for(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
             );
         }
     }
-    fs_connector(Path::new(source), args)
+    fs_connector(Path::new(source), args, to)
 }
 
 /// S3 options for a connection (no listing options).
@@ -58,7 +58,7 @@ pub fn s3_options(conn: &S3ConnectionArgs, retry: ferry_core::RetryPolicy) -> S3
 }
 
 /// An S3 connector from the `--endpoint-url`, `--region`, … options.
-fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+fn s3_connector(source: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>> {
     let s3 = &args.s3;
     let options = S3Options {
         include: args.include.clone(),
@@ -68,10 +68,10 @@ fn s3_connector(args: &ExportArgs) -> Result<Arc<dyn Connector>> {
         part_size: s3.part_size,
         parallel_parts: s3.parallel_parts.max(1),
         page_size: s3.page_size,
-        ..s3_options(&s3.conn, crate::commands::export::retry_policy(args))
+        ..s3_options(&s3.conn, retry_policy(args))
     };
     Ok(Arc::new(S3Connector::new(
-        S3Location::parse(&args.source)?,
+        S3Location::parse(source)?,
         options,
     )?))
 }
@@ -105,15 +105,16 @@ pub async fn s3_bag_to_read(uri: &str, conn: &S3ConnectionArgs) -> Result<Arc<dy
 
 /// A folder connector, after making sure the bag will not be written inside the folder it
 /// reads (the export would archive itself, forever).
-fn fs_connector(root: &Path, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
-    let to_store = args.to.to_string_lossy().starts_with("s3://");
-    if let (false, Ok(root), Some(dest)) =
-        (to_store, root.canonicalize(), nearest_existing(&args.to))
-    {
+fn fs_connector(root: &Path, args: &SourceArgs, to: &str) -> Result<Arc<dyn Connector>> {
+    let to_store = to.starts_with("s3://");
+    if let (false, Ok(root), Some(dest)) = (
+        to_store,
+        root.canonicalize(),
+        nearest_existing(Path::new(to)),
+    ) {
         if root.is_dir() && dest.starts_with(&root) {
             bail!(
-                "the destination {} is inside the source folder {}; choose a --to outside it",
-                args.to.display(),
+                "the destination {to} is inside the source folder {}; choose one outside it",
                 root.display()
             );
         }
@@ -131,7 +132,7 @@ fn nearest_existing(path: &Path) -> Option<PathBuf> {
 }
 
 /// A Microsoft 365 connector from the `--client-id`, `--certificate`, … options.
-fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+fn m365_connector(tenant: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>> {
     use ferry_m365::{
         Credential, Include, M365Connector, M365Options, SiteSelection, UserSelection,
     };
@@ -187,14 +188,14 @@ fn m365_connector(tenant: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>>
         mailbox_concurrency: m.mailbox_concurrency as usize,
         listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(100, |n| n as usize),
-        retry: crate::commands::export::retry_policy(args),
+        retry: retry_policy(args),
         ..M365Options::new(tenant, &client_id)
     };
     Ok(Arc::new(M365Connector::new(options, credential)?))
 }
 
 /// A Google Workspace connector from the `--service-account`, `--admin`, … options.
-fn google_connector(domain: &str, args: &ExportArgs) -> Result<Arc<dyn Connector>> {
+fn google_connector(domain: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>> {
     use ferry_google::{
         Endpoints, ExportFormat, GoogleConnector, GoogleOptions, Include, ServiceAccountKey,
         UserSelection,
@@ -247,7 +248,7 @@ fn google_connector(domain: &str, args: &ExportArgs) -> Result<Arc<dyn Connector
         user_concurrency: g.user_concurrency as usize,
         listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(500, |n| n as usize),
-        retry: crate::commands::export::retry_policy(args),
+        retry: retry_policy(args),
         ..GoogleOptions::new(domain, &admin)
     };
     Ok(Arc::new(GoogleConnector::new(options, key)?))
@@ -259,4 +260,12 @@ fn comma_list(s: &str) -> Vec<String> {
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect()
+}
+
+/// The shared retry policy with `--retries`.
+pub fn retry_policy(args: &SourceArgs) -> ferry_core::RetryPolicy {
+    ferry_core::RetryPolicy {
+        max_attempts: args.retries + 1,
+        ..ferry_core::RetryPolicy::default()
+    }
 }

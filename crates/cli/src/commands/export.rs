@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
-use ferry_core::{Pipeline, PipelineOptions, Progress, RetryPolicy, RunReport, Sink};
+use ferry_core::{Pipeline, PipelineOptions, Progress, RunReport, Sink};
 use ferry_s3::ObjectLock;
 use indicatif::HumanBytes;
 use serde::Serialize;
@@ -57,7 +57,7 @@ pub struct ExportSummary {
 }
 
 /// Waits for Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -99,10 +99,10 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
             .collect::<Vec<_>>()
             .into(),
     );
-    run_options.insert("concurrency".into(), args.concurrency.into());
-    run_options.insert("retries".into(), args.retries.into());
+    run_options.insert("concurrency".into(), args.src.concurrency.into());
+    run_options.insert("retries".into(), args.src.retries.into());
     run_options.insert("compress".into(), args.compress.into());
-    run_options.insert("follow_symlinks".into(), args.follow_symlinks.into());
+    run_options.insert("follow_symlinks".into(), args.src.follow_symlinks.into());
     let mut digests = Vec::new();
     for d in &args.digests {
         if !digests.contains(d) {
@@ -119,9 +119,9 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     }
 }
 
-/// Where the journal of an export into an object store lives: under the user's cache folder,
-/// one folder per destination URI.
-fn default_work_dir(uri: &str) -> std::path::PathBuf {
+/// A local work folder for `uri` (the journal of an export into an object store, a
+/// repository's downloads): under the user's cache folder, one folder per URI.
+pub(crate) fn default_work_dir(kind: &str, uri: &str) -> std::path::PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
@@ -132,21 +132,16 @@ fn default_work_dir(uri: &str) -> std::path::PathBuf {
         .finish()
         .remove(&ferry_core::DigestAlgorithm::Sha256)
         .unwrap_or_default();
-    base.join("ferry").join("exports").join(&digest[..16])
+    base.join("ferry").join(kind).join(&digest[..16])
 }
 
-/// The retry policy of a run, shared by the pipeline and the connectors.
-pub fn retry_policy(args: &ExportArgs) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: args.retries + 1,
-        ..RetryPolicy::default()
-    }
-}
+use crate::source::retry_policy;
 
 /// Runs the export; returns the exit code.
 pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
     let started = Instant::now();
-    let connector = crate::source::connector_for(args)?;
+    let connector =
+        crate::source::connector_for(&args.source, &args.src, &args.to.to_string_lossy())?;
     // Fail on a wrong source before anything is created at the destination.
     connector.check().await?;
     let to = args.to.to_string_lossy().into_owned();
@@ -157,15 +152,15 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
         });
         let store = crate::source::s3_store(
             &to,
-            &args.s3.conn,
-            retry_policy(args),
-            args.s3.part_size,
+            &args.src.s3.conn,
+            retry_policy(&args.src),
+            args.src.s3.part_size,
             lock,
         )?;
         let work = args
             .work_dir
             .clone()
-            .unwrap_or_else(|| default_work_dir(&store.uri()));
+            .unwrap_or_else(|| default_work_dir("exports", &store.uri()));
         BagWriter::open_store(store, work, vec![connector.info()], bag_options(args)).await?
     } else {
         if args.object_lock_days.is_some() {
@@ -214,8 +209,8 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
         })
     };
     let pipeline = Pipeline::new(PipelineOptions {
-        concurrency: args.concurrency as usize,
-        retry: retry_policy(args),
+        concurrency: args.src.concurrency as usize,
+        retry: retry_policy(&args.src),
         ..PipelineOptions::default()
     });
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());

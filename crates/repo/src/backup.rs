@@ -1,0 +1,620 @@
+//! One backup run: a [`Sink`] for the pipeline that reads again only what changed, stores new
+//! content once by digest, and at the end writes the run's changes, a full state when due, and
+//! the run record last.
+//!
+//! How "unchanged" is decided without reading an item: the previous state's entries are held as
+//! an index of 8-byte key hashes with the hash of each entry's fingerprint (what the source said
+//! about the item: size and mtime, ETag and version, changeKey, …). [`Sink::place`] answers
+//! [`Placement::AlreadyStored`] when the listed item's fingerprint equals the stored one, so the
+//! pipeline never opens it. Memory is some 60 bytes per item of the state.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use ferry_core::sink::Placement;
+use ferry_core::{
+    DigestAlgorithm, Error, Failure, Item, ItemWriter, ObjectStore, Result, RunReport, Sink,
+    StoredItem,
+};
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+
+use crate::entries::{EntryReader, EntryWriter, StateMerge};
+use crate::format::{
+    blob_key, entry_key, fingerprint, item_record, run_file, run_id, CheckpointRef, Entry,
+    FileInfo, Op, RunCounts, RunLink, RunRecord, CHANGES_FILE, RUN_FILE, RUN_FORMAT, STATE_FILE,
+};
+use crate::lock::RepoLock;
+use crate::repository::{Repository, StoredRun};
+
+/// A full state is written on a job's first run and then at least every this many runs.
+pub const CHECKPOINT_EVERY: usize = 14;
+
+/// What a backup run is.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// The job's name.
+    pub job: String,
+    /// The source as the user named it (no secrets).
+    pub source: String,
+    /// Options that change what is listed (no secrets), for the record.
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// The source lists everything every time (fs, S3): keys it no longer lists were removed.
+    /// (A source that lists only changes says what was removed itself.)
+    pub full_listing: bool,
+}
+
+fn hash(s: &str) -> u64 {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(s.as_bytes());
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// One key of the previous state.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    fingerprint: u64,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Key hashes of the previous state.
+    known: HashMap<u64, Known>,
+    /// Blobs the previous state refers to (no need to ask the store about them).
+    known_blobs: HashSet<[u8; 32]>,
+    /// Keys listed in this run.
+    seen: HashSet<u64>,
+    /// Fingerprints of items placed for reading, until they are committed.
+    pending: HashMap<u64, String>,
+    /// Where each change entry is in the spool: (key, offset, length).
+    changes: Vec<(String, u64, u64)>,
+    counts: RunCounts,
+    failures: Vec<serde_json::Value>,
+    listing_failed: bool,
+}
+
+/// A backup run in progress.
+pub struct Backup {
+    repo: Arc<Repository>,
+    options: BackupOptions,
+    id: String,
+    started: OffsetDateTime,
+    previous: Option<StoredRun>,
+    lock: tokio::sync::Mutex<Option<RepoLock>>,
+    progress: Mutex<Progress>,
+    spool: Mutex<std::fs::File>,
+    spool_path: PathBuf,
+}
+
+impl Backup {
+    /// Takes the repository's lock, clears what an interrupted run left, and reads the job's
+    /// last state into the index.
+    pub async fn start(repo: Arc<Repository>, options: BackupOptions) -> Result<Arc<Backup>> {
+        let started = OffsetDateTime::now_utc();
+        let mut id = run_id(started, &options.job);
+        let lock = RepoLock::acquire(repo.store().clone(), &id).await?;
+        clear_partial_runs(repo.store().as_ref()).await?;
+        // Two runs of a job within one second: the later waits for the next second's id.
+        while repo.store().exists(&run_file(&id, RUN_FILE)).await? {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            id = run_id(OffsetDateTime::now_utc(), &options.job);
+        }
+        let job = crate::format::safe_job(&options.job);
+        let previous_id = repo
+            .run_ids()
+            .await?
+            .into_iter()
+            .rfind(|r| crate::format::job_of(r) == job);
+        let mut progress = Progress::default();
+        let previous = match previous_id {
+            Some(p) => {
+                let stored = repo.run(&p).await?;
+                let mut state = repo.state(&p).await?;
+                for e in state.entries.by_ref() {
+                    let e = e?;
+                    progress.known.insert(
+                        hash(&e.key),
+                        Known {
+                            fingerprint: hash(e.fingerprint.as_deref().unwrap_or_default()),
+                        },
+                    );
+                    if let Some(b) = e.blob.as_deref().and_then(blob_bytes) {
+                        progress.known_blobs.insert(b);
+                    }
+                }
+                Some(stored)
+            }
+            None => None,
+        };
+        let spool_path = repo.work_file("changes.jsonl");
+        let spool = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&spool_path)
+            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", spool_path.display())))?;
+        Ok(Arc::new(Backup {
+            repo,
+            options,
+            id,
+            started,
+            previous,
+            lock: tokio::sync::Mutex::new(Some(lock)),
+            progress: Mutex::new(progress),
+            spool: Mutex::new(spool),
+            spool_path,
+        }))
+    }
+
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The previous run of the job, if any (its cursors tell an incremental source where to
+    /// start).
+    pub fn previous(&self) -> Option<&RunRecord> {
+        self.previous.as_ref().map(|p| &p.record)
+    }
+
+    fn spool_entry(&self, e: &Entry) -> Result<()> {
+        let mut line = serde_json::to_vec(e).map_err(|err| Error::fatal(err.to_string()))?;
+        line.push(b'\n');
+        let mut f = self.spool.lock().expect("spool");
+        let offset = f
+            .seek(SeekFrom::End(0))
+            .map_err(|err| Error::fatal(format!("spooling a change: {err}")))?;
+        f.write_all(&line)
+            .map_err(|err| Error::fatal(format!("spooling a change: {err}")))?;
+        drop(f);
+        let mut p = self.progress.lock().expect("progress");
+        match e.op {
+            Op::Add => p.counts.added += 1,
+            Op::Change => p.counts.changed += 1,
+            Op::Remove => p.counts.removed += 1,
+        }
+        p.changes.push((e.key.clone(), offset, line.len() as u64));
+        Ok(())
+    }
+
+    /// Ends the run: the changes file (with removals when the source lists everything and the
+    /// listing was complete), a full state when due, then the run record; lets the lock go.
+    pub async fn finish(
+        self: Arc<Self>,
+        report: &RunReport,
+        cursors: serde_json::Value,
+    ) -> Result<StoredRun> {
+        let repo = self.repo.clone();
+        let store = repo.store().clone();
+        let mut notes = Vec::new();
+        let (mut changes, seen, listing_failed, mut counts, failures) = {
+            let mut p = self.progress.lock().expect("progress");
+            (
+                std::mem::take(&mut p.changes),
+                std::mem::take(&mut p.seen),
+                p.listing_failed,
+                p.counts.clone(),
+                std::mem::take(&mut p.failures),
+            )
+        };
+        // Removals: keys of the previous state the source no longer lists.
+        let mut removals = Vec::new();
+        if let Some(prev) = &self.previous {
+            if self.options.full_listing && !listing_failed {
+                let mut state = repo.state(&prev.record.id).await?;
+                for e in state.entries.by_ref() {
+                    let e = e?;
+                    if !seen.contains(&hash(&e.key)) {
+                        removals.push(Entry::removal(e.key));
+                    }
+                }
+            } else if self.options.full_listing {
+                notes.push("part of the source could not be listed, so no item is marked removed in this run".into());
+            }
+        }
+        counts.removed = removals.len() as u64;
+        // The changes file: spooled changes and removals, merged in key order.
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        let changes_path = repo.work_file(CHANGES_FILE);
+        let mut writer = EntryWriter::create(&changes_path)?;
+        {
+            let mut spool = BufReader::new(
+                std::fs::File::open(&self.spool_path)
+                    .map_err(|e| Error::fatal(format!("reading the spooled changes: {e}")))?,
+            );
+            let mut removals = removals.into_iter().peekable();
+            let mut line = String::new();
+            for (key, offset, _len) in &changes {
+                while removals.peek().is_some_and(|r| r.key < *key) {
+                    writer.write(&removals.next().expect("peeked"))?;
+                }
+                spool
+                    .seek(SeekFrom::Start(*offset))
+                    .map_err(|e| Error::fatal(format!("reading the spooled changes: {e}")))?;
+                line.clear();
+                spool
+                    .read_line(&mut line)
+                    .map_err(|e| Error::fatal(format!("reading the spooled changes: {e}")))?;
+                let e: Entry = serde_json::from_str(&line)
+                    .map_err(|e| Error::fatal(format!("internal error: spooled change: {e}")))?;
+                writer.write(&e)?;
+            }
+            for r in removals {
+                writer.write(&r)?;
+            }
+        }
+        let changes_info = writer.finish()?;
+        let _ = std::fs::remove_file(&self.spool_path);
+        // A full state when due: the first run, every CHECKPOINT_EVERY runs, or when the
+        // changes since the last one outgrow a quarter of the state.
+        let mut checkpoint_run = self.id.clone();
+        let mut state_info: Option<FileInfo> = None;
+        let due = match &self.previous {
+            None => true,
+            Some(prev) => {
+                let chain = repo.state_runs(&prev.record.id).await?;
+                let since: u64 = {
+                    let mut n = changes_info.entries;
+                    for id in chain.iter().skip(1) {
+                        if let Ok(r) = repo.run(id).await {
+                            n += r.record.files.get(CHANGES_FILE).map_or(0, |f| f.entries);
+                        }
+                    }
+                    n
+                };
+                let state_entries = prev.record.counts.state_entries.max(1);
+                if chain.len() >= CHECKPOINT_EVERY || since * 4 > state_entries {
+                    true
+                } else {
+                    checkpoint_run = chain[0].clone();
+                    false
+                }
+            }
+        };
+        let state_path = repo.work_file(STATE_FILE);
+        // Count the new state (and write it when due).
+        {
+            let mut readers = Vec::new();
+            let mut _files = Vec::new();
+            if let Some(prev) = &self.previous {
+                let chain = repo.state_runs(&prev.record.id).await?;
+                for (i, id) in chain.iter().enumerate() {
+                    let name = if i == 0 { STATE_FILE } else { CHANGES_FILE };
+                    let key = run_file(id, name);
+                    if i > 0 && !store.exists(&key).await? {
+                        continue;
+                    }
+                    let local = repo.local(&key).await?;
+                    readers.push(EntryReader::open(&local.path, &key)?);
+                    _files.push(local);
+                }
+            }
+            readers.push(EntryReader::open(&changes_path, CHANGES_FILE)?);
+            let mut state_writer = if due {
+                Some(EntryWriter::create(&state_path)?)
+            } else {
+                None
+            };
+            counts.state_entries = 0;
+            counts.state_bytes = 0;
+            for e in StateMerge::new(readers) {
+                let e = e?;
+                counts.state_entries += 1;
+                counts.state_bytes += e.size.unwrap_or(0);
+                if let Some(w) = state_writer.as_mut() {
+                    w.write(&e)?;
+                }
+            }
+            if let Some(w) = state_writer {
+                state_info = Some(w.finish()?);
+            }
+        }
+        // Upload the run's files, the record last.
+        let mut files = std::collections::BTreeMap::new();
+        if changes_info.entries > 0 || self.previous.is_none() {
+            counts.bytes_written += changes_info.size;
+            store
+                .adopt_file(&run_file(&self.id, CHANGES_FILE), &changes_path)
+                .await?;
+            files.insert(CHANGES_FILE.to_string(), changes_info);
+        } else {
+            let _ = std::fs::remove_file(&changes_path);
+        }
+        if let Some(info) = state_info {
+            counts.bytes_written += info.size;
+            store
+                .adopt_file(&run_file(&self.id, STATE_FILE), &state_path)
+                .await?;
+            files.insert(STATE_FILE.to_string(), info);
+        }
+        counts.listed = report.listed_items;
+        counts.failed = failures.len() as u64;
+        counts.bytes_read = report.archived_bytes;
+        let status = if failures.is_empty() {
+            "completed"
+        } else {
+            "completed_with_failures"
+        };
+        let record = RunRecord {
+            format: RUN_FORMAT.into(),
+            id: self.id.clone(),
+            job: self.options.job.clone(),
+            source: self.options.source.clone(),
+            started: self.started,
+            finished: OffsetDateTime::now_utc(),
+            status: status.into(),
+            ferry_version: env!("CARGO_PKG_VERSION").into(),
+            options: self.options.options.clone(),
+            previous: self.previous.as_ref().map(|p| RunLink {
+                id: p.record.id.clone(),
+                sha256: p.sha256.clone(),
+            }),
+            checkpoint: CheckpointRef {
+                run: checkpoint_run,
+            },
+            files,
+            counts,
+            failures,
+            cursors,
+            notes,
+        };
+        let bytes = serde_json::to_vec_pretty(&record).expect("JSON");
+        let sha256 = crate::format::sha256_hex(&bytes);
+        if !store
+            .put_new(&run_file(&self.id, RUN_FILE), Bytes::from(bytes))
+            .await?
+        {
+            return Err(Error::fatal(format!(
+                "run {} already exists in the repository",
+                self.id
+            )));
+        }
+        if let Some(lock) = self.lock.lock().await.take() {
+            lock.release().await?;
+        }
+        Ok(StoredRun { record, sha256 })
+    }
+
+    /// Gives up: the lock goes, the blobs written stay for the next run to reuse; nothing
+    /// else of this run remains.
+    pub async fn abandon(self: Arc<Self>) {
+        let _ = std::fs::remove_file(&self.spool_path);
+        if let Some(lock) = self.lock.lock().await.take() {
+            let _ = lock.release().await;
+        }
+    }
+}
+
+fn blob_bytes(hex: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(hex).ok()?;
+    v.try_into().ok()
+}
+
+/// Deletes what interrupted runs left: run folders without a record, temporary files.
+async fn clear_partial_runs(store: &dyn ObjectStore) -> Result<()> {
+    let objects = store.list("runs/").await?;
+    let complete: HashSet<String> = objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .strip_suffix(&format!("/{RUN_FILE}"))
+                .map(str::to_string)
+        })
+        .collect();
+    for o in &objects {
+        let dir = o.key.rsplit_once('/').map_or("", |(d, _)| d);
+        if !complete.contains(dir) {
+            tracing::info!("removing {} left by an interrupted run", o.key);
+            store.delete(&o.key).await?;
+        }
+    }
+    if let Some(tmp) = store.local_path("tmp") {
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pipeline's sink for a backup run.
+pub struct BackupSink(pub Arc<Backup>);
+
+#[async_trait]
+impl Sink for BackupSink {
+    fn digest_algorithms(&self) -> Vec<DigestAlgorithm> {
+        vec![DigestAlgorithm::Sha256]
+    }
+
+    fn place(&self, item: &Item) -> Result<Placement> {
+        let key = entry_key(item);
+        let h = hash(&key);
+        let fp = fingerprint(item);
+        let mut p = self.0.progress.lock().expect("progress");
+        if !p.seen.insert(h) {
+            return Err(Error::permanent(format!(
+                "the source listed {key:?} twice in one run; the second is left out"
+            )));
+        }
+        if p.known.get(&h).is_some_and(|k| k.fingerprint == hash(&fp)) {
+            p.counts.unchanged += 1;
+            return Ok(Placement::AlreadyStored);
+        }
+        p.pending.insert(h, fp);
+        Ok(Placement::New(key))
+    }
+
+    async fn create(&self, _item: &Item, path: &str) -> Result<Box<dyn ItemWriter>> {
+        // Spool next to the repository when it is a folder (then the blob is a rename away),
+        // else in the work folder.
+        let spool = match self.0.repo.store().local_path("tmp") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::fatal(format!("cannot create {}: {e}", dir.display())))?;
+                dir.join(format!(
+                    "{}-{}.blob",
+                    std::process::id(),
+                    self.0
+                        .repo
+                        .work_file("x")
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ))
+            }
+            None => self.0.repo.work_file("blob"),
+        };
+        let file = tokio::fs::File::create(&spool).await.map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                Error::fatal(format!(
+                    "{}: the disk is full; free space and run again",
+                    spool.display()
+                ))
+            } else {
+                Error::fatal(format!("cannot write {}: {e}", spool.display()))
+            }
+        })?;
+        Ok(Box::new(BlobWriter {
+            backup: self.0.clone(),
+            key: path.to_string(),
+            file: Some(file),
+            spool,
+        }))
+    }
+
+    async fn record_skipped(&self, item: &Item, reason: &str) -> Result<()> {
+        // Items without content: an entry with no blob, when new or changed.
+        let key = entry_key(item);
+        let h = hash(&key);
+        let fp = fingerprint(item);
+        let op = {
+            let mut p = self.0.progress.lock().expect("progress");
+            p.seen.insert(h);
+            match p.known.get(&h) {
+                Some(k) if k.fingerprint == hash(&fp) => {
+                    p.counts.unchanged += 1;
+                    return Ok(());
+                }
+                Some(_) => Op::Change,
+                None => Op::Add,
+            }
+        };
+        let mut record = item_record(item, None);
+        record["skipped"] = reason.into();
+        self.0.spool_entry(&Entry {
+            key,
+            op,
+            blob: None,
+            size: None,
+            fingerprint: Some(fp),
+            item: Some(record),
+        })
+    }
+
+    async fn record_failure(&self, failure: &Failure) -> Result<()> {
+        let mut p = self.0.progress.lock().expect("progress");
+        if failure.source.is_none() {
+            p.listing_failed = true;
+        }
+        p.failures
+            .push(serde_json::to_value(failure).unwrap_or(serde_json::Value::Null));
+        Ok(())
+    }
+}
+
+struct BlobWriter {
+    backup: Arc<Backup>,
+    key: String,
+    file: Option<tokio::fs::File>,
+    spool: PathBuf,
+}
+
+#[async_trait]
+impl ItemWriter for BlobWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        let f = self.file.as_mut().expect("open until committed");
+        f.write_all(&chunk).await.map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                Error::fatal(format!(
+                    "{}: the disk is full; free space and run again (the repository stays as it was before this run)",
+                    self.spool.display()
+                ))
+            } else {
+                Error::fatal(format!("cannot write {}: {e}", self.spool.display()))
+            }
+        })
+    }
+
+    async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
+        let mut f = self.file.take().expect("open until committed");
+        f.flush()
+            .await
+            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", self.spool.display())))?;
+        f.sync_all()
+            .await
+            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", self.spool.display())))?;
+        drop(f);
+        let backup = &self.backup;
+        let digest = stored
+            .digests
+            .get(&DigestAlgorithm::Sha256)
+            .cloned()
+            .ok_or_else(|| Error::fatal("internal error: no SHA-256 of the content"))?;
+        let raw = blob_bytes(&digest).ok_or_else(|| Error::fatal("internal error: bad digest"))?;
+        let known = backup
+            .progress
+            .lock()
+            .expect("progress")
+            .known_blobs
+            .contains(&raw);
+        let store = backup.repo.store();
+        let key = blob_key(&digest);
+        if known || store.exists(&key).await? {
+            let _ = tokio::fs::remove_file(&self.spool).await;
+        } else {
+            store.adopt_file(&key, &self.spool).await?;
+            let mut p = backup.progress.lock().expect("progress");
+            p.counts.blobs_written += 1;
+            p.counts.bytes_written += stored.size;
+            p.known_blobs.insert(raw);
+        }
+        let h = hash(&self.key);
+        let (op, fp) = {
+            let mut p = backup.progress.lock().expect("progress");
+            let fp = p.pending.remove(&h).unwrap_or_else(|| fingerprint(item));
+            let op = if p.known.contains_key(&h) {
+                Op::Change
+            } else {
+                Op::Add
+            };
+            (op, fp)
+        };
+        backup.spool_entry(&Entry {
+            key: std::mem::take(&mut self.key),
+            op,
+            blob: Some(digest),
+            size: Some(stored.size),
+            fingerprint: Some(fp),
+            item: Some(item_record(item, Some(&stored))),
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = tokio::fs::remove_file(&self.spool).await;
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.spool);
+        }
+    }
+}
