@@ -74,6 +74,12 @@ pub enum Command {
     Runs(RunsArgs),
     /// Write a run's items (or those a glob selects) from a repository into a folder.
     Restore(RestoreArgs),
+    /// Write a run's items from a repository as a self-contained BagIt bag (folder, zip or S3),
+    /// with their full provenance — for deposit with an archive.
+    Bag(Box<BagArgs>),
+    /// Remove old runs from a repository by a retention policy, and the contents no kept run
+    /// refers to.
+    Prune(PruneArgs),
     /// Serve local stand-ins for the clouds, to try ferry or benchmark it without an account.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
@@ -200,6 +206,72 @@ pub struct RunsArgs {
     /// The run records as JSON lines.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ferry bag`.
+#[derive(Debug, Args)]
+pub struct BagArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Which run: `latest`, a run id, or a date (`2026-11-28`: that day's last run).
+    #[arg(long, value_name = "RUN", default_value = "latest")]
+    pub run: String,
+    /// Of which job (needed with `latest` or a date when the repository holds several).
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Only items whose key matches (as for `ferry restore`); repeatable.
+    #[arg(long = "path", value_name = "GLOB")]
+    pub paths: Vec<String>,
+    /// The new bag: a folder, a `.zip` file, or s3://BUCKET/PREFIX.
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Digest algorithm for the manifests; repeat for several.
+    #[arg(long = "digest", value_name = "ALG", default_value = "sha256", value_parser = parse_digest)]
+    pub digests: Vec<DigestAlgorithm>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
+    #[command(flatten)]
+    pub bag_info: BagInfoArgs,
+}
+
+/// `ferry prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Keep the newest run of each of the last N days (per job).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest run of each of the last N weeks (ISO weeks).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest run of each of the last N months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest run of each of the last N years.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Put a run under legal hold (it and its contents are never pruned); repeatable. Give the
+    /// reason with --reason. Lift a hold with --release.
+    #[arg(long, value_name = "RUN")]
+    pub hold: Vec<String>,
+    /// Lift the legal hold of a run; repeatable.
+    #[arg(long, value_name = "RUN")]
+    pub release: Vec<String>,
+    /// Why the runs of --hold are held (recorded in holds.json).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub s3: S3ConnectionArgs,
 }
 
 /// `ferry restore`.
@@ -399,6 +471,10 @@ pub struct VerifyArgs {
     /// Hashing threads (default: every core).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// For a repository: check only this share of its contents, chosen at random (e.g. `5%`),
+    /// besides every run record and the chain — a quick nightly check.
+    #[arg(long, value_name = "PERCENT")]
+    pub sample: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -45,6 +45,8 @@ fn main() {
                 Command::Backup(args) => commands::backup::run(&cli, args).await,
                 Command::Runs(args) => commands::backup::runs(&cli, args).await,
                 Command::Restore(args) => commands::backup::restore(&cli, args).await,
+                Command::Bag(args) => commands::bag::run(&cli, args).await,
+                Command::Prune(args) => commands::prune::run(&cli, args).await,
                 Command::Verify(args) => commands::verify::run(&cli, args).await,
                 Command::Ls(args) => commands::ls::run(&cli, args).await,
                 Command::Demo(args) => commands::demo::run(&cli, args).await,

@@ -1,9 +1,11 @@
 //! One module per command.
 
 pub mod backup;
+pub mod bag;
 pub mod demo;
 pub mod export;
 pub mod ls;
+pub mod prune;
 pub mod sandbox;
 pub mod verify;
 
