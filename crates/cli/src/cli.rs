@@ -178,10 +178,27 @@ pub struct RepoArgs {
 /// `ferry backup`.
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// What to back up: the same sources as `ferry export`.
-    pub source: String,
-    #[command(flatten)]
-    pub repo: RepoArgs,
+    /// What to back up: the same sources as `ferry export` (or give --config).
+    #[arg(required_unless_present = "config")]
+    pub source: Option<String>,
+    /// Run every job of this configuration file (TOML; see the README), one after the other,
+    /// into its repository.
+    #[arg(long, value_name = "FILE", conflicts_with = "source")]
+    pub config: Option<PathBuf>,
+    /// Only this job of --config (repeatable; default all).
+    #[arg(long = "only", value_name = "JOB", requires = "config")]
+    pub only: Vec<String>,
+    /// Write Prometheus textfile metrics (items, bytes, failures, duration, last success) to
+    /// this file, for node_exporter's textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// The repository: a folder or s3://BUCKET/PREFIX (made on the first run).
+    #[arg(long, value_name = "REPO", required_unless_present = "config")]
+    pub repo: Option<String>,
+    /// A local folder for downloads and content on its way into an S3 repository (default:
+    /// under ~/.cache/ferry/repos).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
     /// The job's name: runs of one job form a chain, and each job has its own state (default:
     /// from the source, e.g. `share` for fs:/srv/share).
     #[arg(long, value_name = "NAME")]

@@ -81,14 +81,31 @@ struct BackupSummary {
 
 /// Runs `ferry backup`; returns the exit code.
 pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<i32> {
+    if let Some(config) = &args.config {
+        return super::backup_config::run(cli, args, config).await;
+    }
+    let (Some(source), Some(repo)) = (args.source.as_deref(), args.repo.as_deref()) else {
+        anyhow::bail!("ferry backup needs a SOURCE and --repo, or --config FILE");
+    };
+    run_one(cli, args, source, repo).await
+}
+
+/// One backup run of `source` into `repo_uri`; returns the exit code.
+pub(crate) async fn run_one(
+    cli: &Cli,
+    args: &BackupArgs,
+    source: &str,
+    repo_uri: &str,
+) -> Result<i32> {
     let started = Instant::now();
-    let connector = crate::source::connector_for(&args.source, &args.src, &args.repo.repo)?;
+    let connector = crate::source::connector_for(source, &args.src, repo_uri)?;
     connector.check().await?;
-    let repo = open_repo(&args.repo, &args.src.s3.conn, true).await?;
-    let job = args
-        .job
-        .clone()
-        .unwrap_or_else(|| default_job(&args.source));
+    let repo_args = RepoArgs {
+        repo: repo_uri.to_string(),
+        work_dir: args.work_dir.clone(),
+    };
+    let repo = open_repo(&repo_args, &args.src.s3.conn, true).await?;
+    let job = args.job.clone().unwrap_or_else(|| default_job(source));
     let info = connector.info();
     let backup = Backup::start(
         repo.clone(),
@@ -129,7 +146,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let mut summary = BackupSummary {
         status: "error",
         exit_code: exit::ERROR,
-        source: args.source.clone(),
+        source: source.to_string(),
         repository: repo.store().uri(),
         run: Some(backup.id().to_string()),
         counts: None,

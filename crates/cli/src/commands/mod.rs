@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod backup;
+pub mod backup_config;
 pub mod bag;
 pub mod demo;
 pub mod export;
