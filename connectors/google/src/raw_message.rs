@@ -50,6 +50,27 @@ enum RawEscape {
     Unicode { digits: u8, value: u32 },
 }
 
+/// Base64 values of the url-safe and the standard alphabet; `0x80` for anything else.
+const SEXTET: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 26 {
+        t[b'A' as usize + i] = i as u8;
+        t[b'a' as usize + i] = 26 + i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 10 {
+        t[b'0' as usize + d] = 52 + d as u8;
+        d += 1;
+    }
+    t[b'-' as usize] = 62;
+    t[b'+' as usize] = 62;
+    t[b'_' as usize] = 63;
+    t[b'/' as usize] = 63;
+    t
+};
+
 /// Decodes one `messages.get?format=raw` answer fed in chunks.
 #[derive(Debug)]
 pub struct RawMessageDecoder {
@@ -96,8 +117,60 @@ impl RawMessageDecoder {
 
     /// Feeds the next chunk of the answer; the message bytes it completes are appended to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        for &b in chunk {
-            self.step(b, out)?;
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.state
+                == (State::Raw {
+                    escape: RawEscape::None,
+                })
+            {
+                // Inside `raw` (nearly all of an answer): decode up to the closing quote or an
+                // escape in bulk, not byte by byte.
+                let rest = &chunk[i..];
+                let end = rest
+                    .iter()
+                    .position(|&b| b == b'"' || b == b'\\')
+                    .unwrap_or(rest.len());
+                self.decode_span(&rest[..end], out)?;
+                i += end;
+                if i == chunk.len() {
+                    break;
+                }
+            }
+            self.step(chunk[i], out)?;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Decodes a run of base64 characters: whole groups through a lookup table, anything
+    /// unusual (padding, line breaks, a group split across chunks) one character at a time.
+    fn decode_span(&mut self, mut s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        while self.quad_len != 0 && !s.is_empty() {
+            self.sextet(s[0], out)?;
+            s = &s[1..];
+        }
+        let whole = s.len() / 4 * 4;
+        out.reserve(whole / 4 * 3);
+        let mut k = 0;
+        if self.padding == 0 {
+            while k < whole {
+                let (a, b, c, d) = (
+                    SEXTET[s[k] as usize],
+                    SEXTET[s[k + 1] as usize],
+                    SEXTET[s[k + 2] as usize],
+                    SEXTET[s[k + 3] as usize],
+                );
+                if (a | b | c | d) & 0x80 != 0 {
+                    break;
+                }
+                out.extend_from_slice(&[(a << 2) | (b >> 4), (b << 4) | (c >> 2), (c << 6) | d]);
+                k += 4;
+            }
+        }
+        self.decoded += (k / 4 * 3) as u64;
+        for &c in &s[k..] {
+            self.sextet(c, out)?;
         }
         Ok(())
     }

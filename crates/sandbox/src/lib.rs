@@ -82,6 +82,16 @@ struct FaultyService {
     inner: s3s::service::S3Service,
     faults: Faults,
     count: Arc<AtomicU64>,
+    counters: Arc<S3Counters>,
+}
+
+/// What the sandbox S3 server has been asked, for tests that check what a client read.
+#[derive(Debug, Default)]
+pub struct S3Counters {
+    /// Every request.
+    pub requests: AtomicU64,
+    /// GETs of objects (content reads, ranged or not).
+    pub object_gets: AtomicU64,
 }
 
 const SLOW_DOWN: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
@@ -95,8 +105,18 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultySer
 
     fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
         // An object request: /bucket/key… with GET or HEAD.
-        let object = req.uri().path().trim_start_matches('/').contains('/');
+        // An object has a key after the bucket (`/bucket/` with a query is a listing).
+        let object = req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty());
         let read = req.method() == http::Method::GET || req.method() == http::Method::HEAD;
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if object && req.method() == http::Method::GET {
+            self.counters.object_gets.fetch_add(1, Ordering::Relaxed);
+        }
         if self.faults.slow_down_every > 0 && object && read {
             let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(self.faults.slow_down_every) {
@@ -118,6 +138,7 @@ pub struct S3Server {
     addr: SocketAddr,
     root: PathBuf,
     task: tokio::task::JoinHandle<()>,
+    counters: Arc<S3Counters>,
 }
 
 impl S3Server {
@@ -135,6 +156,7 @@ impl S3Server {
     /// Like [`S3Server::start_on`], injecting `faults`.
     pub async fn start_with(root: &Path, port: u16, faults: Faults) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
+        let counters = Arc::new(S3Counters::default());
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
         let service = {
             let mut b = S3ServiceBuilder::new(fs);
@@ -146,6 +168,7 @@ impl S3Server {
                 inner: b.build(),
                 faults,
                 count: Arc::new(AtomicU64::new(0)),
+                counters: counters.clone(),
             }
         };
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
@@ -155,6 +178,7 @@ impl S3Server {
             addr,
             root: root.to_path_buf(),
             task,
+            counters,
         })
     }
 
@@ -166,6 +190,11 @@ impl S3Server {
     /// The folder served.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// What the server has been asked so far.
+    pub fn counters(&self) -> &S3Counters {
+        &self.counters
     }
 
     /// Waits until the server stops (it runs until dropped or the process ends).
