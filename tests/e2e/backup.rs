@@ -21,7 +21,10 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if e.file_type().unwrap().is_dir() {
                 walk(root, &p, out);
             } else {
-                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -89,7 +92,10 @@ fn a_second_run_reads_only_what_changed_and_both_runs_restore_exactly() {
     let c2 = &s2["counts"];
     assert_eq!(c2["unchanged"], 43, "{s2:#}");
     assert_eq!(c2["bytes_read"], 0);
-    assert_eq!(c2["added"].as_u64().unwrap() + c2["changed"].as_u64().unwrap(), 0);
+    assert_eq!(
+        c2["added"].as_u64().unwrap() + c2["changed"].as_u64().unwrap(),
+        0
+    );
     assert!(c2["bytes_written"].as_u64().unwrap() < 1024, "{s2:#}");
 
     // Add, change, move, delete.
@@ -124,7 +130,10 @@ fn a_second_run_reads_only_what_changed_and_both_runs_restore_exactly() {
     assert_eq!(part.len(), 10);
     assert!(part.keys().all(|p| p.starts_with("docs/d0")));
     // The source's modification times come back.
-    let m_src = std::fs::metadata(src.join("moved.txt")).unwrap().modified().unwrap();
+    let m_src = std::fs::metadata(src.join("moved.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
     let m_out = std::fs::metadata(dir.path().join("restore-latest/fs/share/moved.txt"))
         .unwrap()
         .modified()
@@ -175,7 +184,11 @@ fn an_s3_bucket_backed_up_twice_is_read_once_by_the_server_count() {
     let fx = S3Fixture::sandbox();
     fx.bucket("photos");
     for i in 0..30 {
-        fx.put("photos", &format!("2024/img{i}.jpg"), format!("jpeg {i}").repeat(300).as_bytes());
+        fx.put(
+            "photos",
+            &format!("2024/img{i}.jpg"),
+            format!("jpeg {i}").repeat(300).as_bytes(),
+        );
     }
     let dir = tempdir();
     let repo = dir.path().join("repo");
@@ -215,7 +228,11 @@ fn an_s3_bucket_backed_up_twice_is_read_once_by_the_server_count() {
     let s3 = run(&[]);
     assert_eq!(s3["counts"]["changed"], 1, "{s3:#}");
     assert_eq!(s3["counts"]["added"], 1, "{s3:#}");
-    assert_eq!(gets() - g2, 2, "only the changed and the new object are read");
+    assert_eq!(
+        gets() - g2,
+        2,
+        "only the changed and the new object are read"
+    );
     let out = dir.path().join("out");
     restore(&repo, "latest", &out, &[]).expect_code(0);
     // The layout below s3/ is the connector's (host and bucket); find the object there.
@@ -233,7 +250,10 @@ fn a_run_killed_mid_way_is_not_recorded_and_the_next_run_completes() {
     let repo = dir.path().join("repo");
     // Enough files that the run is still going when it is killed.
     for i in 0..3000 {
-        write(&src.join(format!("d{}/f{i}.bin", i % 30)), &vec![(i % 251) as u8; 4096 + i]);
+        write(
+            &src.join(format!("d{}/f{i}.bin", i % 30)),
+            &vec![(i % 251) as u8; 4096 + i],
+        );
     }
     let mut child = std::process::Command::new(ferry_bin())
         .args([
@@ -263,7 +283,10 @@ fn a_run_killed_mid_way_is_not_recorded_and_the_next_run_completes() {
     let s = backup(&src, &repo, &[]);
     assert_eq!(s["counts"]["added"], 3000, "{s:#}");
     // Content the killed run stored was not written again.
-    assert!(s["counts"]["blobs_written"].as_u64().unwrap() < 3000, "{s:#}");
+    assert!(
+        s["counts"]["blobs_written"].as_u64().unwrap() < 3000,
+        "{s:#}"
+    );
     assert!(!repo.join("locks/repository.lock").exists());
     let out = dir.path().join("out");
     restore(&repo, "latest", &out, &[]).expect_code(0);
@@ -294,11 +317,19 @@ fn a_repository_in_use_is_refused_with_who_uses_it() {
         repo.to_str().unwrap(),
     ]);
     run.expect_code(2);
-    assert!(run.stderr.contains("in use") && run.stderr.contains("2026-11-28T020000Z-other"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("in use") && run.stderr.contains("2026-11-28T020000Z-other"),
+        "{}",
+        run.stderr
+    );
     // Not a repository, and a missing run: one sentence each.
     let run = ferry(["runs", "--repo", src.to_str().unwrap()]);
     run.expect_code(2);
-    assert!(run.stderr.contains("not a ferry repository"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not a ferry repository"),
+        "{}",
+        run.stderr
+    );
     std::fs::remove_file(repo.join("locks/repository.lock")).unwrap();
     let run = restore(&repo, "1999-01-01", &dir.path().join("x"), &[]);
     run.expect_code(2);
@@ -310,4 +341,65 @@ fn hostname() -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// Unmounts a test filesystem when dropped.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_sentence_and_leaves_the_repository_as_it_was() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small filesystem needs root");
+        return;
+    }
+    let dir = tempdir();
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = Mount(small.clone());
+    let src = dir.path().join("src");
+    for i in 0..5 {
+        write(
+            &src.join(format!("f{i}.txt")),
+            format!("small {i}").as_bytes(),
+        );
+    }
+    let repo = small.join("repo");
+    backup(&src, &repo, &[]);
+    let before = tree(&src);
+    // Now far more than fits.
+    for i in 0..8 {
+        write(&src.join(format!("big{i}.bin")), &vec![i as u8; 300_000]);
+    }
+    let run = ferry([
+        "backup",
+        &format!("fs:{}", src.display()),
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("disk is full"), "{}", run.stderr);
+    // The failed run is not recorded, the lock is gone, the earlier run restores as it was.
+    let runs = ferry(["runs", "--repo", repo.to_str().unwrap(), "--json"]);
+    runs.expect_code(0);
+    assert_eq!(runs.stdout.lines().count(), 1, "{}", runs.stdout);
+    assert!(!repo.join("locks/repository.lock").exists());
+    let out = dir.path().join("out");
+    restore(&repo, "latest", &out, &[]).expect_code(0);
+    assert_eq!(tree(&out.join("fs/src")), before);
 }
