@@ -546,7 +546,7 @@ mod tests {
             .into_iter()
             .filter_map(|l| match l {
                 Listing::Item(i) => Some(i),
-                Listing::Failed(_) => None,
+                _ => None,
             })
             .collect()
     }

@@ -96,6 +96,19 @@ pub enum Listing {
     Item(Item),
     /// Part of the source could not be listed.
     Failed(Failure),
+    /// An item that is gone from the source since the cursor the listing started from (a
+    /// delta listing's deletion). Only incremental runs receive these.
+    Removed(crate::item::SourceRef),
+    /// One container (a mail folder, a drive) was listed whole, not from a cursor: an item of
+    /// it that an earlier run saw and this listing did not is gone from the source.
+    Complete {
+        /// The source system.
+        system: String,
+        /// The account.
+        account: Option<String>,
+        /// The container.
+        container: Option<String>,
+    },
 }
 
 /// A stream of listing entries; an `Err` stops the run (wrong credentials, missing source).

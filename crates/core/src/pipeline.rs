@@ -156,6 +156,19 @@ impl Pipeline {
                             progress.listing_done();
                         }
                         Some(Err(e)) => return Some(self.stop(running, e).await),
+                        Some(Ok(Listing::Removed(source))) => {
+                            if let Err(e) = sink.record_removed(&source).await {
+                                return Some(self.stop(running, e).await);
+                            }
+                        }
+                        Some(Ok(Listing::Complete { system, account, container })) => {
+                            if let Err(e) = sink
+                                .record_complete(&system, account.as_deref(), container.as_deref())
+                                .await
+                            {
+                                return Some(self.stop(running, e).await);
+                            }
+                        }
                         Some(Ok(Listing::Failed(f))) => {
                             if let Err(e) = sink.record_failure(&f).await {
                                 return Some(self.stop(running, e).await);

@@ -51,6 +51,22 @@ pub trait Sink: Send + Sync {
 
     /// Records an item or a part of the listing that failed.
     async fn record_failure(&self, failure: &Failure) -> Result<()>;
+
+    /// Records that an item is gone from the source (incremental listings). Archives that
+    /// hold one run ignore it.
+    async fn record_removed(&self, _source: &crate::item::SourceRef) -> Result<()> {
+        Ok(())
+    }
+
+    /// Records that a container was listed whole (see [`crate::Listing::Complete`]).
+    async fn record_complete(
+        &self,
+        _system: &str,
+        _account: Option<&str>,
+        _container: Option<&str>,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Receives one item's bytes. Nothing written becomes visible in the archive until
