@@ -403,3 +403,67 @@ fn a_full_disk_is_one_sentence_and_leaves_the_repository_as_it_was() {
     restore(&repo, "latest", &out, &[]).expect_code(0);
     assert_eq!(tree(&out.join("fs/src")), before);
 }
+
+#[test]
+fn a_repository_in_s3_takes_runs_and_restores_them() {
+    for fx in [Some(S3Fixture::sandbox()), S3Fixture::moto()]
+        .into_iter()
+        .flatten()
+    {
+        fx.bucket("backups");
+        let dir = tempdir();
+        let src = dir.path().join("share");
+        seed(&src);
+        let repo = "s3://backups/ferry/nightly";
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "backup".to_string(),
+                format!("fs:{}", src.display()),
+                "--repo".into(),
+                repo.into(),
+                "--endpoint-url".into(),
+                fx.endpoint.clone(),
+                "--work-dir".into(),
+                dir.path().join("work").display().to_string(),
+                "--json".into(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            ferry_env(&args, &fx.env())
+        };
+        let r1 = run(&[]);
+        r1.expect_code(0);
+        assert_eq!(r1.json()["counts"]["added"], 43, "{}", r1.stdout);
+        write(&src.join("docs/d3/file3.txt"), b"edited");
+        let r2 = run(&[]);
+        r2.expect_code(0);
+        assert_eq!(r2.json()["counts"]["changed"], 1, "{}", r2.stdout);
+        assert_eq!(r2.json()["counts"]["unchanged"], 42, "{}", r2.stdout);
+        let out = dir.path().join("out");
+        let args = vec![
+            "restore".to_string(),
+            "--repo".into(),
+            repo.into(),
+            "--endpoint-url".into(),
+            fx.endpoint.clone(),
+            "--to".into(),
+            out.display().to_string(),
+        ];
+        ferry_env(&args, &fx.env()).expect_code(0);
+        assert_eq!(tree(&out.join("fs/share")), tree(&src));
+        // Another writer's lock is respected in S3 too.
+        fx.put(
+            "backups",
+            "ferry/nightly/locks/repository.lock",
+            serde_json::json!({
+                "host": "elsewhere", "pid": 1, "run": "someone-else",
+                "started": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "heartbeat": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let r3 = run(&[]);
+        r3.expect_code(2);
+        assert!(r3.stderr.contains("in use: someone-else"), "{}", r3.stderr);
+    }
+}

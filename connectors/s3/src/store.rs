@@ -160,6 +160,39 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        // Checked first (any S3), then written with `If-None-Match: *`, so that on stores with
+        // conditional writes (AWS, MinIO, recent Ceph) two writers racing cannot both win.
+        if self.exists(key).await? {
+            return Ok(false);
+        }
+        let inner = &self.inner;
+        let built = inner.built().await;
+        let full = inner.full(key);
+        let what = format!("s3://{}/{full}", inner.bucket());
+        let ctx = Context {
+            endpoint: &built.endpoint,
+            what: &what,
+            scope: Scope::Object,
+        };
+        let md5 = content_md5(&bytes);
+        let sent = built
+            .client
+            .put_object()
+            .bucket(inner.bucket())
+            .key(&full)
+            .content_md5(&md5)
+            .if_none_match("*")
+            .body(SdkBody::from(bytes))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(false),
+            Err(e) => Err(classify(e, &ctx)),
+        }
+    }
+
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let part_size = self.inner.options.part_size.max(5 << 20) as usize;
         Ok(Box::new(S3Upload {
