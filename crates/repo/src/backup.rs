@@ -94,7 +94,7 @@ impl Backup {
     /// Takes the repository's lock, clears what an interrupted run left, and reads the job's
     /// last state into the index.
     pub async fn start(repo: Arc<Repository>, options: BackupOptions) -> Result<Arc<Backup>> {
-        let started = OffsetDateTime::now_utc();
+        let started = crate::prune::now();
         let mut id = run_id(started, &options.job);
         let lock = RepoLock::acquire(repo.store().clone(), &id).await?;
         clear_partial_runs(repo.store().as_ref()).await?;

@@ -14,8 +14,10 @@ pub mod entries;
 pub mod folder;
 pub mod format;
 pub mod lock;
+pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod verify;
 
 pub use backup::{Backup, BackupOptions, BackupSink};
 pub use folder::FolderStore;
