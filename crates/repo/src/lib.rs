@@ -17,6 +17,7 @@ pub mod lock;
 pub mod prune;
 pub mod repository;
 pub mod restore;
+pub mod source;
 pub mod verify;
 
 pub use backup::{Backup, BackupOptions, BackupSink};

@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
-use ferry_core::{Pipeline, PipelineOptions, Progress, RunReport, Sink};
+use ferry_core::{DigestAlgorithm, Pipeline, PipelineOptions, Progress, RunReport, Sink};
 use ferry_s3::ObjectLock;
 use indicatif::HumanBytes;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::cli::{Cli, ExportArgs};
+use crate::cli::{BagInfoArgs, Cli, ExportArgs};
 use crate::progress::ExportProgress;
 
 /// The `--json` summary of an export.
@@ -74,9 +74,9 @@ pub(crate) async fn interrupted() {
     }
 }
 
-fn bag_options(args: &ExportArgs) -> BagOptions {
+/// The bag-info.txt labels the user gave, in order (shared with `ferry bag`).
+pub(crate) fn bag_info_labels(b: &BagInfoArgs) -> Vec<(String, String)> {
     let mut info = Vec::new();
-    let b = &args.bag_info;
     for (label, value) in [
         ("Source-Organization", &b.source_organization),
         ("Contact-Name", &b.contact_name),
@@ -90,6 +90,40 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
         }
     }
     info.extend(b.extra.iter().cloned());
+    info
+}
+
+/// The digest algorithms given, each once, in order (shared with `ferry bag`).
+pub(crate) fn unique_digests(given: &[DigestAlgorithm]) -> Vec<DigestAlgorithm> {
+    let mut digests = Vec::new();
+    for d in given {
+        if !digests.contains(d) {
+            digests.push(*d);
+        }
+    }
+    digests
+}
+
+/// Logs a status line every 10 seconds when no progress bar is drawn (shared with `ferry bag`).
+pub(crate) fn status_ticker(
+    progress: &Arc<ExportProgress>,
+    quiet: bool,
+) -> Option<tokio::task::JoinHandle<()>> {
+    (!progress.has_bar() && !quiet).then(|| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                tracing::info!("{}", p.status_line());
+            }
+        })
+    })
+}
+
+fn bag_options(args: &ExportArgs) -> BagOptions {
+    let info = bag_info_labels(&args.bag_info);
     let mut run_options = serde_json::Map::new();
     run_options.insert(
         "digests".into(),
@@ -103,14 +137,8 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     run_options.insert("retries".into(), args.src.retries.into());
     run_options.insert("compress".into(), args.compress.into());
     run_options.insert("follow_symlinks".into(), args.src.follow_symlinks.into());
-    let mut digests = Vec::new();
-    for d in &args.digests {
-        if !digests.contains(d) {
-            digests.push(*d);
-        }
-    }
     BagOptions {
-        digests,
+        digests: unique_digests(&args.digests),
         bag_info: info,
         deflate: args.compress,
         run_options,
@@ -189,17 +217,7 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
         );
     }
     let progress = Arc::new(ExportProgress::new(!cli.no_progress && !cli.quiet));
-    let ticker = (!progress.has_bar() && !cli.quiet).then(|| {
-        let p = progress.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                tracing::info!("{}", p.status_line());
-            }
-        })
-    });
+    let ticker = status_ticker(&progress, cli.quiet);
     let cancel = CancellationToken::new();
     let on_signal = {
         let cancel = cancel.clone();
