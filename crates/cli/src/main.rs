@@ -3,6 +3,8 @@
 
 mod cli;
 mod commands;
+mod config;
+mod metrics;
 mod progress;
 mod source;
 

@@ -51,7 +51,7 @@ pub(crate) async fn open_repo(
 }
 
 /// A job name from a source: the folder's or bucket's name, the tenant, the domain.
-fn default_job(source: &str) -> String {
+pub(crate) fn default_job(source: &str) -> String {
     let body = source
         .split_once(':')
         .map_or(source, |(_, rest)| rest)
@@ -70,6 +70,7 @@ fn default_job(source: &str) -> String {
 struct BackupSummary {
     status: &'static str,
     exit_code: i32,
+    job: String,
     source: String,
     repository: String,
     run: Option<String>,
@@ -87,7 +88,10 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> Result<i32> {
     let (Some(source), Some(repo)) = (args.source.as_deref(), args.repo.as_deref()) else {
         anyhow::bail!("ferry backup needs a SOURCE and --repo, or --config FILE");
     };
-    run_one(cli, args, source, repo).await
+    let job = args.job.clone().unwrap_or_else(|| default_job(source));
+    let started = time::OffsetDateTime::now_utc();
+    let result = run_one(cli, args, source, repo).await;
+    crate::metrics::after_job(args, repo, &job, started, result).await
 }
 
 /// One backup run of `source` into `repo_uri`; returns the exit code.
@@ -110,7 +114,7 @@ pub(crate) async fn run_one(
     let backup = Backup::start(
         repo.clone(),
         BackupOptions {
-            job,
+            job: job.clone(),
             source: info.uri.clone(),
             options: info.options.clone(),
             full_listing: true,
@@ -146,6 +150,7 @@ pub(crate) async fn run_one(
     let mut summary = BackupSummary {
         status: "error",
         exit_code: exit::ERROR,
+        job: job.clone(),
         source: source.to_string(),
         repository: repo.store().uri(),
         run: Some(backup.id().to_string()),
