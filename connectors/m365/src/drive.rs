@@ -192,12 +192,14 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
     let mut waiting: Vec<(String, Entry)> = Vec::new();
     let mut root_id: Option<String> = None;
     let (mut files, mut deleted, mut repeats) = (0u64, 0u64, 0u64);
+    let mut listing_failed = false;
     let mut pages = inner.graph.pages(&url, target.scope, None, &what);
     loop {
         let values = match pages.next_page().await {
             Ok(Some(v)) => v,
             Ok(None) => break,
             Err(g) => {
+                listing_failed = true;
                 fail_listing(tx, &format!("m365:{}/{}", target.account, target.name), g).await?;
                 break;
             }
@@ -262,7 +264,10 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
                 )
                 .await?;
             }
-            None => orphan(tx, &target, &what, &id, &e).await?,
+            None => {
+                listing_failed = true;
+                orphan(tx, &target, &what, &id, &e).await?
+            }
         }
     }
     let folder_count = folder_order.len() as u64;
@@ -283,6 +288,19 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
         }
     }
     let folders = folder_count;
+    if !listing_failed {
+        // The drive was listed whole: files an earlier backup run had and this one did not
+        // list are gone.
+        send(
+            tx,
+            Listing::Complete {
+                system: "m365".into(),
+                account: Some(target.account.clone()),
+                container: Some(target.drive_id.clone()),
+            },
+        )
+        .await?;
+    }
     let mut st = inner.state.lock().expect("state");
     st.drives.push(DriveRecord {
         account: target.account.clone(),

@@ -319,7 +319,7 @@ impl Graph {
     ) -> Pages<'a> {
         Pages {
             graph: self,
-            start: url.to_string(),
+            restart: url.to_string(),
             next: Some(url.to_string()),
             scope,
             mailbox,
@@ -352,7 +352,9 @@ impl Graph {
 /// and sets [`Pages::resynced`]; callers skip the repeats by id.
 pub struct Pages<'a> {
     graph: &'a Graph,
-    start: String,
+    /// Where to list again after a 410 without `Location`: the start, or for a listing that
+    /// began at an earlier run's delta link, the full listing's first page.
+    restart: String,
     next: Option<String>,
     scope: Scope,
     mailbox: Option<&'a str>,
@@ -364,6 +366,13 @@ pub struct Pages<'a> {
 }
 
 impl Pages<'_> {
+    /// Where to list from when the delta state has expired (default: where the listing
+    /// started).
+    pub fn restart_from(mut self, url: String) -> Self {
+        self.restart = url;
+        self
+    }
+
     /// The next page's items; `None` after the last page.
     pub async fn next_page(&mut self) -> std::result::Result<Option<Vec<Value>>, GraphError> {
         let Some(mut url) = self.next.take() else {
@@ -394,7 +403,7 @@ impl Pages<'_> {
                     url = g
                         .location
                         .filter(|l| l.starts_with("http"))
-                        .unwrap_or_else(|| self.start.clone());
+                        .unwrap_or_else(|| self.restart.clone());
                 }
                 Err(g) => return Err(g),
             }

@@ -125,6 +125,10 @@ pub struct M365Options {
     pub timeout: Duration,
     /// The shared retry policy.
     pub retry: RetryPolicy,
+    /// What an earlier run reported (its run details, holding `cursors`): mail folders are
+    /// then listed from their delta links — only what changed, with deletions — for
+    /// incremental backups. `None` lists everything.
+    pub since: Option<Value>,
 }
 
 impl M365Options {
@@ -144,7 +148,37 @@ impl M365Options {
             page_size: 100,
             timeout: Duration::from_secs(120),
             retry: RetryPolicy::default(),
+            since: None,
         }
+    }
+
+    /// The earlier run's cursor of one mail folder.
+    pub(crate) fn mail_cursor<'a>(
+        &'a self,
+        account: &'a str,
+        mailbox: &'a str,
+        folder_id: &str,
+    ) -> Option<&'a Value> {
+        self.mail_cursors(account, mailbox)
+            .find(|c| c["folder_id"].as_str() == Some(folder_id))
+    }
+
+    /// The earlier run's cursors of one mailbox's folders.
+    pub(crate) fn mail_cursors<'a>(
+        &'a self,
+        account: &'a str,
+        mailbox: &'a str,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        self.since
+            .as_ref()
+            .and_then(|s| s["cursors"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(move |c| {
+                c["type"] == "mail_folder"
+                    && c["account"].as_str() == Some(account)
+                    && c["mailbox"].as_str() == Some(mailbox)
+            })
     }
 }
 
@@ -161,6 +195,8 @@ pub(crate) struct FolderRecord {
     pub resynced: bool,
     /// The listing broke off (the failure is in failures.jsonl).
     pub listing_failed: bool,
+    /// Listed from the earlier run's delta link: only what changed since.
+    pub incremental: bool,
 }
 
 /// One drive as the listing found it.
@@ -427,7 +463,19 @@ impl Connector for M365Connector {
                 .copied()
                 .unwrap_or_default();
             let total = f.total_item_count.unwrap_or(f.listed);
-            let (status, explanation) = if f.listing_failed {
+            let (status, explanation) = if f.incremental
+                && !f.listing_failed
+                && counts.failed == 0
+                && counts.archived == f.listed
+            {
+                (
+                    "incremental",
+                    format!(
+                        "listed from the last run's delta link: {} new or changed messages",
+                        f.listed
+                    ),
+                )
+            } else if f.listing_failed {
                 (
                     "failures",
                     "the folder could not be listed to the end; see ferry/failures.jsonl"
@@ -466,7 +514,7 @@ impl Connector for M365Connector {
                     ),
                 )
             };
-            if status != "ok" && status != "explained" {
+            if status != "ok" && status != "explained" && status != "incremental" {
                 all_green = false;
             }
             let mut r = json!({

@@ -232,15 +232,49 @@ async fn list_folders(
     folders: Vec<Result<Folder, (Vec<String>, GraphError)>>,
     tx: &Sender,
 ) -> Result<()> {
+    let mut listed = HashSet::new();
+    let mut walk_failed = false;
     for f in folders {
         match f {
-            Ok(folder) => list_folder(inner, user, mb, folder, tx).await?,
+            Ok(folder) => {
+                listed.insert(folder.id.clone());
+                list_folder(inner, user, mb, folder, tx).await?
+            }
             Err((path, g)) => {
+                walk_failed = true;
                 fail_listing(tx, user, &format!("mail/{}", path.join("/")), g).await?
             }
         }
     }
+    // A folder the earlier run listed that is gone now: all its messages are gone (unless
+    // part of the folder tree could not be read, where it may still be).
+    if !walk_failed {
+        let gone: Vec<String> = inner
+            .options
+            .mail_cursors(&user.upn, mb.kind)
+            .filter_map(|c| c["folder_id"].as_str())
+            .filter(|id| !listed.contains(*id))
+            .map(str::to_string)
+            .collect();
+        for id in gone {
+            complete(tx, user, &id).await?;
+        }
+    }
     Ok(())
+}
+
+/// Says that a folder's listing was whole: messages an earlier run had and this one did not
+/// list are gone.
+async fn complete(tx: &Sender, user: &User, folder_id: &str) -> Result<()> {
+    send(
+        tx,
+        Listing::Complete {
+            system: "m365".into(),
+            account: Some(user.upn.clone()),
+            container: Some(folder_id.to_string()),
+        },
+    )
+    .await
 }
 
 const SELECT: &str = "$select=id,internetMessageId,subject,from,sender,toRecipients,receivedDateTime,sentDateTime,createdDateTime,lastModifiedDateTime,isRead,isDraft,categories,hasAttachments,parentFolderId,conversationId,changeKey";
@@ -252,11 +286,21 @@ async fn list_folder(
     folder: Folder,
     tx: &Sender,
 ) -> Result<()> {
-    let start = format!(
+    // From the earlier run's delta link when there is one for this folder at this path (a
+    // renamed or moved folder is listed whole: its messages' keys changed).
+    let cursor = inner
+        .options
+        .mail_cursor(&user.upn, mb.kind, &folder.id)
+        .filter(|c| c["folder_path"] == json!(folder.path))
+        .and_then(|c| c["delta_link"].as_str())
+        .map(str::to_string);
+    let from_cursor = cursor.is_some();
+    let fresh = format!(
         "{}/{}/messages/delta?{SELECT}",
         folder_url(mb),
         segment(&folder.id)
     );
+    let start = cursor.unwrap_or_else(|| fresh.clone());
     let what = format!("{}: messages in {}", user.upn, folder.path.join("/"));
     // Items go to the pipeline page by page, so memory does not grow with a folder's size;
     // only a 64-bit hash of each id is kept, to pass over a message that a delta listing
@@ -264,7 +308,10 @@ async fn list_folder(
     let mut seen: HashSet<u64> = HashSet::new();
     let mut listed = 0u64;
     let mut listing_failed = false;
-    let mut pages = inner.graph.pages(&start, Scope::Mail, Some(&mb.id), &what);
+    let mut pages = inner
+        .graph
+        .pages(&start, Scope::Mail, Some(&mb.id), &what)
+        .restart_from(fresh);
     loop {
         let values = match pages.next_page().await {
             Ok(Some(v)) => v,
@@ -278,8 +325,24 @@ async fn list_folder(
         for m in values {
             let Some(id) = m["id"].as_str() else { continue };
             if m.get("@removed").is_some() {
-                // Deleted while the folder was being listed. If it was already handed
-                // on, its download fails with "not found", which says so.
+                if from_cursor && !pages.resynced {
+                    // Gone since the earlier run.
+                    send(
+                        tx,
+                        Listing::Removed(SourceRef {
+                            system: "m365".into(),
+                            account: Some(user.upn.clone()),
+                            container: Some(folder.id.clone()),
+                            id: id.to_string(),
+                            version: None,
+                            original_name: None,
+                            original_path: None,
+                        }),
+                    )
+                    .await?;
+                }
+                // Otherwise deleted while the folder was being listed. If it was already
+                // handed on, its download fails with "not found", which says so.
                 continue;
             }
             if !seen.insert(id_hash(id)) {
@@ -294,6 +357,10 @@ async fn list_folder(
         }
     }
     let (resynced, delta) = (pages.resynced, pages.delta_link);
+    let incremental = from_cursor && !resynced;
+    if !incremental && !listing_failed {
+        complete(tx, user, &folder.id).await?;
+    }
     let mut st = inner.state.lock().expect("state");
     st.folders.push(FolderRecord {
         account: user.upn.clone(),
@@ -305,6 +372,7 @@ async fn list_folder(
         listed,
         resynced,
         listing_failed,
+        incremental,
     });
     if let Some(link) = delta {
         st.cursors.push(json!({

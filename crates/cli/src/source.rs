@@ -12,8 +12,15 @@ use ferry_s3::{ObjectLock, S3Connector, S3Location, S3Options, S3Store};
 use crate::cli::{S3ConnectionArgs, SourceArgs};
 
 /// The connector for `source`; `to` is where its items go (a bag or a repository: a path or
-/// an `s3://` URI), so that a folder is never archived into itself.
-pub fn connector_for(source: &str, args: &SourceArgs, to: &str) -> Result<Arc<dyn Connector>> {
+/// an `s3://` URI), so that a folder is never archived into itself. `since` is what the
+/// source's previous backup run reported (its cursors), for sources that can list only what
+/// changed.
+pub fn connector_for(
+    source: &str,
+    args: &SourceArgs,
+    to: &str,
+    since: Option<serde_json::Value>,
+) -> Result<Arc<dyn Connector>> {
     if let Some(path) = source.strip_prefix("fs:") {
         if path.is_empty() {
             bail!("fs: needs a path, e.g. fs:/srv/share");
@@ -24,7 +31,7 @@ pub fn connector_for(source: &str, args: &SourceArgs, to: &str) -> Result<Arc<dy
         return s3_connector(source, args);
     }
     if let Some(tenant) = source.strip_prefix("m365:") {
-        return m365_connector(tenant, args);
+        return m365_connector(tenant, args, since);
     }
     if let Some(domain) = source.strip_prefix("google:") {
         return google_connector(domain, args);
@@ -132,7 +139,11 @@ fn nearest_existing(path: &Path) -> Option<PathBuf> {
 }
 
 /// A Microsoft 365 connector from the `--client-id`, `--certificate`, … options.
-fn m365_connector(tenant: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>> {
+fn m365_connector(
+    tenant: &str,
+    args: &SourceArgs,
+    since: Option<serde_json::Value>,
+) -> Result<Arc<dyn Connector>> {
     use ferry_m365::{
         Credential, Include, M365Connector, M365Options, SiteSelection, UserSelection,
     };
@@ -189,6 +200,7 @@ fn m365_connector(tenant: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>>
         listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(100, |n| n as usize),
         retry: retry_policy(args),
+        since,
         ..M365Options::new(tenant, &client_id)
     };
     Ok(Arc::new(M365Connector::new(options, credential)?))

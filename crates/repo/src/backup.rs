@@ -75,6 +75,39 @@ struct Progress {
     counts: RunCounts,
     failures: Vec<serde_json::Value>,
     listing_failed: bool,
+    /// Items an incremental listing said are gone, by [`identity`] hash.
+    removed: HashSet<u64>,
+    /// Containers an incremental source listed whole, by [`container_identity`] hash.
+    complete: HashSet<u64>,
+}
+
+/// What names an item at its source, whatever its path: system, account, container, id.
+fn identity(system: &str, account: Option<&str>, container: Option<&str>, id: &str) -> u64 {
+    hash(&format!(
+        "{system}\u{0}{}\u{0}{}\u{0}{id}",
+        account.unwrap_or_default(),
+        container.unwrap_or_default()
+    ))
+}
+
+/// What names a container: system, account, container.
+fn container_identity(system: &str, account: Option<&str>, container: Option<&str>) -> u64 {
+    hash(&format!(
+        "{system}\u{0}{}\u{0}{}",
+        account.unwrap_or_default(),
+        container.unwrap_or_default()
+    ))
+}
+
+/// The source reference in an entry's provenance record.
+fn entry_source(e: &Entry) -> Option<(String, Option<String>, Option<String>, String)> {
+    let s = &e.item.as_ref()?["source"];
+    Some((
+        s["system"].as_str()?.to_string(),
+        s["account"].as_str().map(str::to_string),
+        s["container"].as_str().map(str::to_string),
+        s["id"].as_str()?.to_string(),
+    ))
 }
 
 /// A backup run in progress.
@@ -192,7 +225,7 @@ impl Backup {
         let repo = self.repo.clone();
         let store = repo.store().clone();
         let mut notes = Vec::new();
-        let (mut changes, seen, listing_failed, mut counts, failures) = {
+        let (mut changes, seen, listing_failed, mut counts, failures, removed, complete) = {
             let mut p = self.progress.lock().expect("progress");
             (
                 std::mem::take(&mut p.changes),
@@ -200,20 +233,38 @@ impl Backup {
                 p.listing_failed,
                 p.counts.clone(),
                 std::mem::take(&mut p.failures),
+                std::mem::take(&mut p.removed),
+                std::mem::take(&mut p.complete),
             )
         };
-        // Removals: keys of the previous state the source no longer lists.
+        // Removals. A source that lists everything: keys of the previous state it no longer
+        // lists (unless part of the listing failed). An incremental source: the items it said
+        // are gone, and the unseen items of the containers it listed whole.
         let mut removals = Vec::new();
         if let Some(prev) = &self.previous {
-            if self.options.full_listing && !listing_failed {
+            let whole = self.options.full_listing && !listing_failed;
+            if whole || !removed.is_empty() || !complete.is_empty() {
                 let mut state = repo.state(&prev.record.id).await?;
                 for e in state.entries.by_ref() {
                     let e = e?;
-                    if !seen.contains(&hash(&e.key)) {
+                    if seen.contains(&hash(&e.key)) {
+                        continue;
+                    }
+                    let gone = whole
+                        || entry_source(&e).is_some_and(|(sys, acc, con, id)| {
+                            removed.contains(&identity(&sys, acc.as_deref(), con.as_deref(), &id))
+                                || complete.contains(&container_identity(
+                                    &sys,
+                                    acc.as_deref(),
+                                    con.as_deref(),
+                                ))
+                        });
+                    if gone {
                         removals.push(Entry::removal(e.key));
                     }
                 }
-            } else if self.options.full_listing {
+            }
+            if self.options.full_listing && listing_failed {
                 notes.push("part of the source could not be listed, so no item is marked removed in this run".into());
             }
         }
@@ -515,6 +566,28 @@ impl Sink for BackupSink {
             fingerprint: Some(fp),
             item: Some(record),
         })
+    }
+
+    async fn record_removed(&self, source: &ferry_core::SourceRef) -> Result<()> {
+        let h = identity(
+            &source.system,
+            source.account.as_deref(),
+            source.container.as_deref(),
+            &source.id,
+        );
+        self.0.progress.lock().expect("progress").removed.insert(h);
+        Ok(())
+    }
+
+    async fn record_complete(
+        &self,
+        system: &str,
+        account: Option<&str>,
+        container: Option<&str>,
+    ) -> Result<()> {
+        let h = container_identity(system, account, container);
+        self.0.progress.lock().expect("progress").complete.insert(h);
+        Ok(())
     }
 
     async fn record_failure(&self, failure: &Failure) -> Result<()> {

@@ -161,6 +161,16 @@ impl Repository {
         Ok(ids)
     }
 
+    /// The id of `job`'s latest complete run.
+    pub async fn latest_of_job(&self, job: &str) -> Result<Option<String>> {
+        let job = crate::format::safe_job(job);
+        Ok(self
+            .run_ids()
+            .await?
+            .into_iter()
+            .rfind(|id| crate::format::job_of(id) == job))
+    }
+
     /// Reads one run's record.
     pub async fn run(&self, id: &str) -> Result<StoredRun> {
         let bytes = self

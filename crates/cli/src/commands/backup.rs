@@ -102,14 +102,20 @@ pub(crate) async fn run_one(
     repo_uri: &str,
 ) -> Result<i32> {
     let started = Instant::now();
-    let connector = crate::source::connector_for(source, &args.src, repo_uri)?;
-    connector.check().await?;
     let repo_args = RepoArgs {
         repo: repo_uri.to_string(),
         work_dir: args.work_dir.clone(),
     };
     let repo = open_repo(&repo_args, &args.src.s3.conn, true).await?;
     let job = args.job.clone().unwrap_or_else(|| default_job(source));
+    // Sources that can list only what changed start from the job's last run's cursors.
+    let since = match repo.latest_of_job(&job).await? {
+        Some(previous) => Some(repo.run(&previous).await?.record.cursors),
+        None => None,
+    };
+    let incremental = source.starts_with("m365:");
+    let connector = crate::source::connector_for(source, &args.src, repo_uri, since)?;
+    connector.check().await?;
     let info = connector.info();
     let backup = Backup::start(
         repo.clone(),
@@ -117,7 +123,9 @@ pub(crate) async fn run_one(
             job: job.clone(),
             source: info.uri.clone(),
             options: info.options.clone(),
-            full_listing: true,
+            // An incremental source says itself what is gone (deltas' deletions, containers
+            // listed whole); the others list everything, so what they no longer list is gone.
+            full_listing: !incremental,
         },
     )
     .await?;

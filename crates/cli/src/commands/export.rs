@@ -169,7 +169,7 @@ use crate::source::retry_policy;
 pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
     let started = Instant::now();
     let connector =
-        crate::source::connector_for(&args.source, &args.src, &args.to.to_string_lossy())?;
+        crate::source::connector_for(&args.source, &args.src, &args.to.to_string_lossy(), None)?;
     // Fail on a wrong source before anything is created at the destination.
     connector.check().await?;
     let to = args.to.to_string_lossy().into_owned();
