@@ -50,11 +50,15 @@ pub enum Command {
     /// Rerun the same command to resume it: what was stored is kept.
     #[command(after_long_help = AFTER_HELP)]
     Export(Box<ExportArgs>),
-    /// Check a bag (folder or zip, made by ferry or any other BagIt tool).
+    /// Check a bag (folder or zip, made by ferry or any other BagIt tool), or a repository.
     ///
-    /// Checks bagit.txt, every manifest entry against the files (missing, extra, wrong digest,
+    /// A bag: bagit.txt, every manifest entry against the files (missing, extra, wrong digest,
     /// truncated), Payload-Oxum, the tag manifests and, for ferry bags, items.jsonl against the
     /// manifests. Reads nothing outside the bag and fetches nothing from fetch.txt.
+    ///
+    /// A repository (it holds ferry-repository.json): every run record and run file against
+    /// its digest, the chain of runs per job (a run removed or edited outside `ferry prune` is
+    /// named), every content present and hashed again (or a random --sample of them).
     #[command(after_long_help = AFTER_HELP)]
     Verify(VerifyArgs),
     /// List what a ferry bag holds, with where each item came from.
@@ -477,7 +481,8 @@ pub struct BagInfoArgs {
 /// `ferry verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bag: a folder, a .zip, or s3://BUCKET/PREFIX.
+    /// The bag (a folder, a .zip, or s3://BUCKET/PREFIX) or repository (a folder or
+    /// s3://BUCKET/PREFIX).
     pub bag: PathBuf,
     /// Only compare Payload-Oxum (octets and file count) with the payload; no hashing.
     #[arg(long, conflicts_with = "completeness_only")]

@@ -247,6 +247,19 @@ pub async fn runs(_cli: &Cli, args: &RunsArgs) -> Result<i32> {
     let repo = open_repo(&args.repo, &args.s3, false).await?;
     let job = args.job.as_deref().map(ferry_repo::format::safe_job);
     let runs = repo.runs().await?;
+    // States prune wrote into kept runs are not in their records.
+    let full_states: std::collections::HashSet<String> = repo
+        .store()
+        .list("runs/")
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            o.key
+                .strip_prefix("runs/")?
+                .strip_suffix(&format!("/{}", ferry_repo::format::STATE_FILE))
+                .map(str::to_string)
+        })
+        .collect();
     for r in runs.iter().filter(|r| {
         job.as_deref()
             .is_none_or(|j| ferry_repo::format::safe_job(&r.record.job) == j)
@@ -269,6 +282,8 @@ pub async fn runs(_cli: &Cli, args: &RunsArgs) -> Result<i32> {
             rec.source,
             if rec.files.contains_key(ferry_repo::format::STATE_FILE) {
                 "(full state)"
+            } else if full_states.contains(&rec.id) {
+                "(full state, written by prune)"
             } else {
                 ""
             }
