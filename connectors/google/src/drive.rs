@@ -206,7 +206,20 @@ async fn list_target(inner: &Arc<Inner>, target: Target, tx: &Sender) -> Result<
         references: 0,
         listing_failed: false,
     };
-    if let Err(e) = list_files(inner, &target, tx, &mut record).await {
+    let listed = list_files(inner, &target, tx, &mut record).await;
+    if listed.is_ok() {
+        // Listed whole: a file an earlier backup run had and this one did not list is gone.
+        send(
+            tx,
+            Listing::Complete {
+                system: "google".into(),
+                account: Some(target.account.clone()),
+                container: Some(target.container.clone()),
+            },
+        )
+        .await?;
+    }
+    if let Err(e) = listed {
         if e.is_fatal() {
             return Err(e);
         }

@@ -36,6 +36,7 @@ pub(crate) async fn list_user(inner: &Arc<Inner>, user: &User, tx: &Sender) -> R
         spam_trash_total: None,
         listed: 0,
         listing_failed: false,
+        incremental: false,
     };
     let result = list_mailbox(inner, user, &base, tx, &mut record).await;
     if let Err(e) = result {
@@ -98,6 +99,22 @@ async fn list_mailbox(
         }
         record.spam_trash_total = Some(excluded);
     }
+    // From the earlier run's history id when there is one; a history id too old for Gmail
+    // (404) means the whole mailbox is listed again (messages stored before are not read).
+    if let Some(start) = inner.options.history_cursor(email) {
+        match read_history(inner, user, base, &start, tx, record).await {
+            Ok(true) => {
+                record.incremental = true;
+                return send_mbox_items(inner, user, &labels, tx).await;
+            }
+            Ok(false) => {
+                tracing::info!(
+                    "{email}: the history id {start} has expired; listing the whole mailbox"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let page_size = inner.options.page_size.clamp(1, 500);
     let url = format!(
         "{base}/messages?maxResults={page_size}&includeSpamTrash={}",
@@ -121,12 +138,159 @@ async fn list_mailbox(
             send(tx, Listing::Item(item)).await?;
         }
     }
-    if inner.options.mbox {
-        for item in crate::mbox::items(inner, user, &labels) {
-            send(tx, Listing::Item(item)).await?;
+    // Listed whole: a message an earlier backup run had and this one did not list is gone.
+    send(
+        tx,
+        Listing::Complete {
+            system: "google".into(),
+            account: Some(email.to_string()),
+            container: Some("gmail".into()),
+        },
+    )
+    .await?;
+    send_mbox_items(inner, user, &labels, tx).await
+}
+
+/// The mbox files of a mailbox (built whole every run), when asked for.
+async fn send_mbox_items(
+    inner: &Arc<Inner>,
+    user: &User,
+    labels: &Labels,
+    tx: &Sender,
+) -> Result<()> {
+    if !inner.options.mbox {
+        return Ok(());
+    }
+    for item in crate::mbox::items(inner, user, labels) {
+        send(tx, Listing::Item(item)).await?;
+    }
+    send(
+        tx,
+        Listing::Complete {
+            system: "google".into(),
+            account: Some(user.email.clone()),
+            container: Some("gmail-mbox".into()),
+        },
+    )
+    .await
+}
+
+/// What happened to a message since the earlier run, in the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// New (or back from Spam/Trash): read it.
+    Present,
+    /// Deleted, or moved to Spam/Trash when those are not exported.
+    Gone,
+}
+
+/// Reads a mailbox's history since `start`: new messages are listed, deleted ones (and ones
+/// moved to Spam or Trash, unless those are exported) removed. Memory grows with the number of
+/// changes, not the mailbox. `false` when Gmail no longer has history that old.
+async fn read_history(
+    inner: &Arc<Inner>,
+    user: &User,
+    base: &str,
+    start: &str,
+    tx: &Sender,
+    record: &mut MailboxRecord,
+) -> Result<bool> {
+    let email = user.email.as_str();
+    let url = format!(
+        "{base}/history?startHistoryId={}&maxResults=500&historyTypes=messageAdded&historyTypes=messageDeleted&historyTypes=labelAdded&historyTypes=labelRemoved",
+        ferry_http::query_value(start)
+    );
+    let what = format!("reading {email}'s history");
+    let hidden = |labels: &Value| {
+        !inner.options.include_spam_trash
+            && labels
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l == "SPAM" || l == "TRASH")
+    };
+    // The final fate of each message, in the order first met.
+    let mut fate: Vec<(String, Option<String>, Fate)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut set = |id: &str, thread: Option<&str>, f: Fate| match index.get(id) {
+        Some(&i) => fate[i].2 = f,
+        None => {
+            index.insert(id.to_string(), fate.len());
+            fate.push((id.to_string(), thread.map(str::to_string), f));
+        }
+    };
+    let mut pages = inner.google.pages(url, email, Api::Gmail, &what);
+    let mut first = true;
+    loop {
+        let page = match pages.next_page().await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) if first && e.status == Some(404) => return Ok(false),
+            Err(e) => return Err(e.error),
+        };
+        first = false;
+        for h in page["history"].as_array().into_iter().flatten() {
+            for a in h["messagesAdded"].as_array().into_iter().flatten() {
+                let m = &a["message"];
+                if let Some(id) = m["id"].as_str() {
+                    let f = if hidden(&m["labelIds"]) {
+                        Fate::Gone
+                    } else {
+                        Fate::Present
+                    };
+                    set(id, m["threadId"].as_str(), f);
+                }
+            }
+            for d in h["messagesDeleted"].as_array().into_iter().flatten() {
+                if let Some(id) = d["message"]["id"].as_str() {
+                    set(id, None, Fate::Gone);
+                }
+            }
+            if !inner.options.include_spam_trash {
+                for a in h["labelsAdded"].as_array().into_iter().flatten() {
+                    if hidden(&a["labelIds"]) {
+                        if let Some(id) = a["message"]["id"].as_str() {
+                            set(id, None, Fate::Gone);
+                        }
+                    }
+                }
+                for r in h["labelsRemoved"].as_array().into_iter().flatten() {
+                    // Out of Spam or Trash: back in the mailbox (unless still in the other).
+                    let m = &r["message"];
+                    if hidden(&r["labelIds"]) && !hidden(&m["labelIds"]) {
+                        if let Some(id) = m["id"].as_str() {
+                            set(id, m["threadId"].as_str(), Fate::Present);
+                        }
+                    }
+                }
+            }
         }
     }
-    Ok(())
+    for (id, thread, f) in fate {
+        match f {
+            Fate::Present => {
+                record.listed += 1;
+                let item = message_item(inner, user, &id, thread.as_deref());
+                send(tx, Listing::Item(item)).await?;
+            }
+            Fate::Gone => {
+                send(
+                    tx,
+                    Listing::Removed(SourceRef {
+                        system: "google".into(),
+                        account: Some(email.to_string()),
+                        container: Some("gmail".into()),
+                        id,
+                        version: None,
+                        original_name: None,
+                        original_path: None,
+                    }),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// Reads a mailbox's labels and remembers them for the records of its messages.

@@ -34,7 +34,7 @@ pub fn connector_for(
         return m365_connector(tenant, args, since);
     }
     if let Some(domain) = source.strip_prefix("google:") {
-        return google_connector(domain, args);
+        return google_connector(domain, args, since);
     }
     if let Some((scheme, _)) = source.split_once(':') {
         let known_later = ["imap"];
@@ -207,7 +207,11 @@ fn m365_connector(
 }
 
 /// A Google Workspace connector from the `--service-account`, `--admin`, … options.
-fn google_connector(domain: &str, args: &SourceArgs) -> Result<Arc<dyn Connector>> {
+fn google_connector(
+    domain: &str,
+    args: &SourceArgs,
+    since: Option<serde_json::Value>,
+) -> Result<Arc<dyn Connector>> {
     use ferry_google::{
         Endpoints, ExportFormat, GoogleConnector, GoogleOptions, Include, ServiceAccountKey,
         UserSelection,
@@ -261,6 +265,7 @@ fn google_connector(domain: &str, args: &SourceArgs) -> Result<Arc<dyn Connector
         listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(500, |n| n as usize),
         retry: retry_policy(args),
+        since,
         ..GoogleOptions::new(domain, &admin)
     };
     Ok(Arc::new(GoogleConnector::new(options, key)?))

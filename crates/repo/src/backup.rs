@@ -474,6 +474,43 @@ async fn clear_partial_runs(store: &dyn ObjectStore) -> Result<()> {
     Ok(())
 }
 
+/// The item's key, marked seen. Two items of one run on the same path (Drive allows two
+/// files of one name in a folder) cannot share a key: the later one's name gets `~` and a
+/// short hash of its source identity before its extension — stable across runs as long as the
+/// source lists the twins in the same order.
+fn unique_key(p: &mut Progress, item: &Item) -> Result<(String, u64)> {
+    let key = entry_key(item);
+    let h = hash(&key);
+    if p.seen.insert(h) {
+        return Ok((key, h));
+    }
+    let s = &item.source;
+    let tag = identity(
+        &s.system,
+        s.account.as_deref(),
+        s.container.as_deref(),
+        &s.id,
+    );
+    // Before the extension, so the restored file still opens with the right program.
+    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key.as_str()));
+    let name = match name.rfind('.') {
+        Some(i) if i > 0 => format!("{}~{:08x}{}", &name[..i], tag as u32, &name[i..]),
+        _ => format!("{name}~{:08x}", tag as u32),
+    };
+    let twin = if dir.is_empty() {
+        name
+    } else {
+        format!("{dir}/{name}")
+    };
+    let h = hash(&twin);
+    if p.seen.insert(h) {
+        return Ok((twin, h));
+    }
+    Err(Error::permanent(format!(
+        "the source listed {key:?} twice in one run; the second is left out"
+    )))
+}
+
 /// The pipeline's sink for a backup run.
 pub struct BackupSink(pub Arc<Backup>);
 
@@ -484,15 +521,9 @@ impl Sink for BackupSink {
     }
 
     fn place(&self, item: &Item) -> Result<Placement> {
-        let key = entry_key(item);
-        let h = hash(&key);
         let fp = fingerprint(item);
         let mut p = self.0.progress.lock().expect("progress");
-        if !p.seen.insert(h) {
-            return Err(Error::permanent(format!(
-                "the source listed {key:?} twice in one run; the second is left out"
-            )));
-        }
+        let (key, h) = unique_key(&mut p, item)?;
         if p.known.get(&h).is_some_and(|k| k.fingerprint == hash(&fp)) {
             p.counts.unchanged += 1;
             return Ok(Placement::AlreadyStored);
@@ -541,21 +572,21 @@ impl Sink for BackupSink {
 
     async fn record_skipped(&self, item: &Item, reason: &str) -> Result<()> {
         // Items without content: an entry with no blob, when new or changed.
-        let key = entry_key(item);
-        let h = hash(&key);
         let fp = fingerprint(item);
-        let op = {
+        let (key, h, op) = {
             let mut p = self.0.progress.lock().expect("progress");
-            p.seen.insert(h);
-            match p.known.get(&h) {
+            let (key, h) = unique_key(&mut p, item)?;
+            let op = match p.known.get(&h) {
                 Some(k) if k.fingerprint == hash(&fp) => {
                     p.counts.unchanged += 1;
                     return Ok(());
                 }
                 Some(_) => Op::Change,
                 None => Op::Add,
-            }
+            };
+            (key, h, op)
         };
+        let _ = h;
         let mut record = item_record(item, None);
         record["skipped"] = reason.into();
         self.0.spool_entry(&Entry {
@@ -652,10 +683,13 @@ impl ItemWriter for BlobWriter {
             let _ = tokio::fs::remove_file(&self.spool).await;
         } else {
             store.adopt_file(&key, &self.spool).await?;
+            // Two items with the same new content can both get here at once; both writes
+            // hold the same bytes, and the content is counted once.
             let mut p = backup.progress.lock().expect("progress");
-            p.counts.blobs_written += 1;
-            p.counts.bytes_written += stored.size;
-            p.known_blobs.insert(raw);
+            if p.known_blobs.insert(raw) {
+                p.counts.blobs_written += 1;
+                p.counts.bytes_written += stored.size;
+            }
         }
         let h = hash(&self.key);
         let (op, fp) = {

@@ -113,7 +113,7 @@ pub(crate) async fn run_one(
         Some(previous) => Some(repo.run(&previous).await?.record.cursors),
         None => None,
     };
-    let incremental = source.starts_with("m365:");
+    let incremental = source.starts_with("m365:") || source.starts_with("google:");
     let connector = crate::source::connector_for(source, &args.src, repo_uri, since)?;
     connector.check().await?;
     let info = connector.info();
