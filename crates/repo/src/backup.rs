@@ -170,7 +170,7 @@ impl Backup {
             .read(true)
             .write(true)
             .open(&spool_path)
-            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", spool_path.display())))?;
+            .map_err(|e| spool_error(&spool_path, e))?;
         Ok(Arc::new(Backup {
             repo,
             options,
@@ -552,16 +552,9 @@ impl Sink for BackupSink {
             }
             None => self.0.repo.work_file("blob"),
         };
-        let file = tokio::fs::File::create(&spool).await.map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                Error::fatal(format!(
-                    "{}: the disk is full; free space and run again",
-                    spool.display()
-                ))
-            } else {
-                Error::fatal(format!("cannot write {}: {e}", spool.display()))
-            }
-        })?;
+        let file = tokio::fs::File::create(&spool)
+            .await
+            .map_err(|e| spool_error(&spool, e))?;
         Ok(Box::new(BlobWriter {
             backup: self.0.clone(),
             key: path.to_string(),
@@ -632,6 +625,18 @@ impl Sink for BackupSink {
     }
 }
 
+/// A failed write of content on its way into the repository, in one sentence.
+fn spool_error(path: &std::path::Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        Error::fatal(format!(
+            "{}: the disk is full; free space and run again (the repository stays as it was before this run)",
+            path.display()
+        ))
+    } else {
+        Error::fatal(format!("cannot write {}: {e}", path.display()))
+    }
+}
+
 struct BlobWriter {
     backup: Arc<Backup>,
     key: String,
@@ -643,26 +648,17 @@ struct BlobWriter {
 impl ItemWriter for BlobWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let f = self.file.as_mut().expect("open until committed");
-        f.write_all(&chunk).await.map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENOSPC) {
-                Error::fatal(format!(
-                    "{}: the disk is full; free space and run again (the repository stays as it was before this run)",
-                    self.spool.display()
-                ))
-            } else {
-                Error::fatal(format!("cannot write {}: {e}", self.spool.display()))
-            }
-        })
+        f.write_all(&chunk)
+            .await
+            .map_err(|e| spool_error(&self.spool, e))
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
         let mut f = self.file.take().expect("open until committed");
-        f.flush()
-            .await
-            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", self.spool.display())))?;
+        f.flush().await.map_err(|e| spool_error(&self.spool, e))?;
         f.sync_all()
             .await
-            .map_err(|e| Error::fatal(format!("cannot write {}: {e}", self.spool.display())))?;
+            .map_err(|e| spool_error(&self.spool, e))?;
         drop(f);
         let backup = &self.backup;
         let digest = stored

@@ -4,16 +4,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use ferry_core::{ObjectStore, Pipeline, PipelineOptions, Progress, Sink};
+use ferry_core::{ObjectStore, PipelineOptions, Sink};
 use ferry_repo::restore::Glob;
 use ferry_repo::{Backup, BackupOptions, BackupSink, FolderStore, Repository};
 use indicatif::HumanBytes;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use crate::cli::{BackupArgs, Cli, RepoArgs, RestoreArgs, RunsArgs, S3ConnectionArgs};
-use crate::progress::ExportProgress;
 use crate::source::retry_policy;
 
 /// Opens the repository `args` names; with `create`, makes it on first use.
@@ -129,32 +127,19 @@ pub(crate) async fn run_one(
         },
     )
     .await?;
-    let progress = Arc::new(ExportProgress::new(!cli.no_progress && !cli.quiet));
-    let cancel = CancellationToken::new();
-    let on_signal = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            super::export::interrupted().await;
-            cancel.cancel();
-        })
-    };
-    let pipeline = Pipeline::new(PipelineOptions {
-        concurrency: args.src.concurrency as usize,
-        retry: retry_policy(&args.src),
-        ..PipelineOptions::default()
-    });
     let sink: Arc<dyn Sink> = Arc::new(BackupSink(backup.clone()));
-    let (report, fatal) = pipeline
-        .run(
-            connector.clone(),
-            sink.clone(),
-            progress.clone() as Arc<dyn Progress>,
-            cancel.clone(),
-        )
-        .await;
-    drop(sink);
-    on_signal.abort();
-    progress.finish();
+    let ran = super::run::run_pipeline(
+        cli,
+        connector.clone(),
+        sink,
+        PipelineOptions {
+            concurrency: args.src.concurrency as usize,
+            retry: retry_policy(&args.src),
+            ..PipelineOptions::default()
+        },
+    )
+    .await;
+    let (report, fatal) = (ran.report, ran.fatal);
     let mut summary = BackupSummary {
         status: "error",
         exit_code: exit::ERROR,
@@ -172,7 +157,7 @@ pub(crate) async fn run_one(
         backup.abandon().await;
         summary.error = Some(e.to_string());
         summary.run = None;
-    } else if cancel.is_cancelled() {
+    } else if ran.cancelled {
         tracing::warn!("interrupted; the run is not recorded, and the next run reads again what it had not stored");
         backup.abandon().await;
         summary.status = "interrupted";

@@ -10,21 +10,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
-use ferry_core::{Connector, Pipeline, PipelineOptions, Progress, RetryPolicy, RunReport, Sink};
+use ferry_core::{Connector, PipelineOptions, RetryPolicy, RunReport, Sink};
 use ferry_repo::format::{job_of, safe_job};
 use ferry_repo::restore::Glob;
 use ferry_repo::source::RepoConnector;
 use ferry_repo::{Repository, StoredRun};
 use indicatif::HumanBytes;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use super::export::{
-    bag_info_labels, default_work_dir, interrupted, status_ticker, unique_digests,
-};
+use super::export::{bag_info_labels, default_work_dir, unique_digests};
 use crate::cli::{BagArgs, Cli};
-use crate::progress::ExportProgress;
 
 /// Blobs copied at once: a local disk or an object store both keep up with this many.
 const CONCURRENCY: usize = 8;
@@ -110,42 +106,25 @@ pub async fn run(cli: &Cli, args: &BagArgs) -> Result<i32> {
             HumanBytes(resume.bytes)
         );
     }
-    let progress = Arc::new(ExportProgress::new(!cli.no_progress && !cli.quiet));
-    let ticker = status_ticker(&progress, cli.quiet);
-    let cancel = CancellationToken::new();
-    let on_signal = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            interrupted().await;
-            cancel.cancel();
-        })
-    };
-    let pipeline = Pipeline::new(PipelineOptions {
-        concurrency: CONCURRENCY,
-        // A blob that does not match its name is damaged in the repository, not in transit:
-        // one more read tells a broken read from damage without reading it five times.
-        // (Reads that break off resume where they stopped, and the S3 store retries requests.)
-        retry: RetryPolicy {
-            max_attempts: 2,
-            ..RetryPolicy::default()
-        },
-        ..PipelineOptions::default()
-    });
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());
-    let (report, fatal) = pipeline
-        .run(
-            connector.clone(),
-            sink.clone(),
-            progress.clone() as Arc<dyn Progress>,
-            cancel.clone(),
-        )
-        .await;
-    drop(sink);
-    on_signal.abort();
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    progress.finish();
+    let ran = super::run::run_pipeline(
+        cli,
+        connector.clone(),
+        sink,
+        PipelineOptions {
+            concurrency: CONCURRENCY,
+            // A blob that does not match its name is damaged in the repository, not in transit:
+            // one more read tells a broken read from damage without reading it five times.
+            // (Reads that break off resume where they stopped, and the S3 store retries requests.)
+            retry: RetryPolicy {
+                max_attempts: 2,
+                ..RetryPolicy::default()
+            },
+            ..PipelineOptions::default()
+        },
+    )
+    .await;
+    let (report, fatal) = (ran.report, ran.fatal);
 
     let (status, code, bag, error) = if let Some(e) = fatal {
         tracing::error!("{e}");
@@ -153,7 +132,7 @@ pub async fn run(cli: &Cli, args: &BagArgs) -> Result<i32> {
             "the bag was not finished; fix the problem and rerun the same command to resume it"
         );
         ("error", exit::ERROR, None, Some(e.to_string()))
-    } else if cancel.is_cancelled() {
+    } else if ran.cancelled {
         tracing::warn!("interrupted; rerun the same command to resume the bag {to}");
         (
             "interrupted",

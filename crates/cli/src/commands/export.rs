@@ -5,15 +5,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
-use ferry_core::{DigestAlgorithm, Pipeline, PipelineOptions, Progress, RunReport, Sink};
+use ferry_core::{DigestAlgorithm, PipelineOptions, RunReport, Sink};
 use ferry_s3::ObjectLock;
 use indicatif::HumanBytes;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use crate::cli::{BagInfoArgs, Cli, ExportArgs};
-use crate::progress::ExportProgress;
 
 /// The `--json` summary of an export.
 #[derive(Debug, Serialize)]
@@ -56,24 +54,6 @@ pub struct ExportSummary {
     pub error: Option<String>,
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub(crate) async fn interrupted() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 /// The bag-info.txt labels the user gave, in order (shared with `ferry bag`).
 pub(crate) fn bag_info_labels(b: &BagInfoArgs) -> Vec<(String, String)> {
     let mut info = Vec::new();
@@ -102,24 +82,6 @@ pub(crate) fn unique_digests(given: &[DigestAlgorithm]) -> Vec<DigestAlgorithm> 
         }
     }
     digests
-}
-
-/// Logs a status line every 10 seconds when no progress bar is drawn (shared with `ferry bag`).
-pub(crate) fn status_ticker(
-    progress: &Arc<ExportProgress>,
-    quiet: bool,
-) -> Option<tokio::task::JoinHandle<()>> {
-    (!progress.has_bar() && !quiet).then(|| {
-        let p = progress.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                tracing::info!("{}", p.status_line());
-            }
-        })
-    })
 }
 
 fn bag_options(args: &ExportArgs) -> BagOptions {
@@ -216,36 +178,19 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
             }
         );
     }
-    let progress = Arc::new(ExportProgress::new(!cli.no_progress && !cli.quiet));
-    let ticker = status_ticker(&progress, cli.quiet);
-    let cancel = CancellationToken::new();
-    let on_signal = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            interrupted().await;
-            cancel.cancel();
-        })
-    };
-    let pipeline = Pipeline::new(PipelineOptions {
-        concurrency: args.src.concurrency as usize,
-        retry: retry_policy(&args.src),
-        ..PipelineOptions::default()
-    });
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());
-    let (report, fatal) = pipeline
-        .run(
-            connector.clone(),
-            sink.clone(),
-            progress.clone() as Arc<dyn Progress>,
-            cancel.clone(),
-        )
-        .await;
-    drop(sink);
-    on_signal.abort();
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    progress.finish();
+    let ran = super::run::run_pipeline(
+        cli,
+        connector.clone(),
+        sink,
+        PipelineOptions {
+            concurrency: args.src.concurrency as usize,
+            retry: retry_policy(&args.src),
+            ..PipelineOptions::default()
+        },
+    )
+    .await;
+    let (report, fatal) = (ran.report, ran.fatal);
 
     let (status, code, bag, error) = if let Some(e) = fatal {
         tracing::error!("{e}");
@@ -253,7 +198,7 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
             "the export stopped; fix the problem and rerun the same command to resume it"
         );
         ("error", exit::ERROR, None, Some(e.to_string()))
-    } else if cancel.is_cancelled() {
+    } else if ran.cancelled {
         tracing::warn!(
             "interrupted; rerun the same command to resume the export into {}",
             args.to.display()

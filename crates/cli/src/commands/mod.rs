@@ -7,6 +7,7 @@ pub mod demo;
 pub mod export;
 pub mod ls;
 pub mod prune;
+pub mod run;
 pub mod sandbox;
 pub mod verify;
 
