@@ -1,7 +1,7 @@
-"""Shared by the bench helpers (helper.py, s3helper.py, m365helper.py, googlehelper.py): reading
-`key<TAB>value` files, formatting numbers and times, writing a results block into
-docs/benchmarks.md, and (for the sandbox export benchmarks, m365 and google) reading the records
-of one export and the lines every such report has.
+"""Shared by the bench helpers (helper.py, s3helper.py, m365helper.py, googlehelper.py,
+backuphelper.py): reading `key<TAB>value` files, formatting numbers and times, writing a results
+block into docs/benchmarks.md, and (for the sandbox export benchmarks, m365 and google) reading
+the records of one export and the lines every such report has.
 
 Not a script: the helpers import it from their own folder.
 """

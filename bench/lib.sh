@@ -1,8 +1,8 @@
 # shellcheck shell=bash
-# Shared by bench/run.sh, bench/s3.sh, bench/m365.sh and bench/google.sh: sourced, not run. Before sourcing it a
-# script sets LOG_TAG (how its log lines start) and `repo` (the repository root); the helpers
-# below read the script's settings (QUIET_MAX, QUIET_WAIT, WORK, SERVER_PID, SERVER_NAME, FERRY,
-# FERRY_LABEL) when they are called.
+# Shared by bench/run.sh, bench/s3.sh, bench/m365.sh, bench/google.sh and bench/backup.sh:
+# sourced, not run. Before sourcing it a script sets LOG_TAG (how its log lines start) and `repo`
+# (the repository root); the helpers below read the script's settings (QUIET_MAX, QUIET_WAIT,
+# WORK, SERVER_PID, SERVER_NAME, FERRY, FERRY_LABEL) when they are called.
 
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -342,11 +342,14 @@ measure_matrix() {
     fresh_dest "$DEST" "$BENCH_DIR"
 }
 
-# bench_report CONFIG: WORK/machine.tsv (machine_tsv) and WORK/config.tsv (mode, date, what the
-# function CONFIG prints, destination, quiet gate), then `HELPER report` of WORK/runs (into DOCS
-# if set).
+# bench_report CONFIG [MACHINE]: WORK/machine.tsv (machine_tsv, then what the function MACHINE
+# prints, if given: the peers' versions) and WORK/config.tsv (mode, date, what the function CONFIG
+# prints, destination, quiet gate), then `HELPER report` of WORK/runs (into DOCS if set).
 bench_report() {
-    machine_tsv >"$WORK/machine.tsv"
+    {
+        machine_tsv
+        [[ -z ${2:-} ]] || "$2"
+    } >"$WORK/machine.tsv"
     {
         printf 'mode\t%s\n' "$MODE"
         date_tsv
