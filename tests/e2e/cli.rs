@@ -73,7 +73,11 @@ fn bad_input_gets_one_clear_sentence_and_exit_2() {
         tmp.path().join("bag").to_str().unwrap(),
     ]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("not in this version"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("needs --service-account"),
+        "{}",
+        run.stderr
+    );
 
     let run = ferry_env(
         [
