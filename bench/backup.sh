@@ -98,6 +98,10 @@ REPOS=$BENCH_DIR/repos
 RESTIC_CACHE=$BENCH_DIR/restic-cache
 rm -rf "$WORK" "$TREE" "$S3ROOT" "$REPOS" "$RESTIC_CACHE"
 mkdir -p "$WORK/runs" "$S3ROOT" "$REPOS"
+# Every run uses the same binary even if another build replaces FERRY meanwhile (the target dir
+# is shared): a private copy.
+cp "$FERRY" "$WORK/ferry"
+FERRY=$WORK/ferry
 
 cleanup() {
     local rc=$?
