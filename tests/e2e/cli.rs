@@ -244,7 +244,7 @@ fn the_demo_builds_exports_and_verifies() {
         .iter()
         .find(|p| {
             let n = p.to_string_lossy();
-            p.is_dir() && !n.ends_with("-s3") && !n.ends_with("-m365")
+            p.is_dir() && !n.ends_with("-s3") && !n.ends_with("-m365") && !n.ends_with("-google")
         })
         .expect("a folder bag");
     let m365_bag = entries
@@ -271,6 +271,19 @@ fn the_demo_builds_exports_and_verifies() {
     assert!(s3_items
         .iter()
         .all(|r| r["source"]["system"] == "s3" && r["extra"]["etag_check"] == "md5"));
+    // The Google Workspace stand-in's bag: mail, Drive files checked, Docs exported.
+    let google_bag = entries
+        .iter()
+        .find(|p| p.is_dir() && p.to_string_lossy().ends_with("-google"))
+        .expect("a bag of the Google Workspace stand-in");
+    assert_bagit_py_valid(google_bag);
+    let google_items = items(google_bag);
+    assert!(google_items
+        .iter()
+        .any(|r| r["media_type"] == "message/rfc822"));
+    assert!(google_items
+        .iter()
+        .any(|r| r["conversion"]["to"] == "application/vnd.oasis.opendocument.text"));
     let zip = entries
         .iter()
         .find(|p| p.extension().is_some_and(|e| e == "zip"))

@@ -293,11 +293,7 @@ fn a_damaged_blob_never_reaches_a_bag() {
         .find(|e| e["key"] == "fs/docs/report.txt")
         .unwrap();
     let blob = entry["blob"].as_str().unwrap();
-    let path = repo
-        .join("blobs/sha256")
-        .join(&blob[..2])
-        .join(&blob[2..4])
-        .join(blob);
+    let path = repo.join("blobs/sha256").join(&blob[..2]).join(blob);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();

@@ -270,10 +270,7 @@ fn blob_path(repo: &Path, content: &[u8]) -> PathBuf {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     let digest = text.split_whitespace().next().unwrap();
-    repo.join("blobs/sha256")
-        .join(&digest[..2])
-        .join(&digest[2..4])
-        .join(digest)
+    repo.join("blobs/sha256").join(&digest[..2]).join(digest)
 }
 
 /// Every file of a folder with its bytes (to show that a dry run changed nothing).

@@ -367,7 +367,9 @@ impl Backup {
         }
         // Upload the run's files, the record last.
         let mut files = std::collections::BTreeMap::new();
-        if changes_info.entries > 0 || self.previous.is_none() {
+        // A job's first run stores its state, which holds exactly its changes (all adds): the
+        // same list twice would double the run's writes.
+        if changes_info.entries > 0 && self.previous.is_some() {
             counts.bytes_written += changes_info.size;
             store
                 .adopt_file(&run_file(&self.id, CHANGES_FILE), &changes_path)

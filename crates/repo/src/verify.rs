@@ -602,7 +602,7 @@ pub async fn verify(repo: &Repository, options: &VerifyOptions) -> Result<Verify
             report.info(
                 ProblemKind::UnexpectedObject,
                 &o.key,
-                "not named as a content is (blobs/sha256/ab/cd/abcd…, lowercase)",
+                "not named as a content is (blobs/sha256/ab/abcd…, lowercase)",
             );
             continue;
         };
