@@ -124,32 +124,13 @@ pub async fn run(cli: &Cli, args: &BagArgs) -> Result<i32> {
         },
     )
     .await;
-    let (report, fatal) = (ran.report, ran.fatal);
-
-    let (status, code, bag, error) = if let Some(e) = fatal {
-        tracing::error!("{e}");
-        tracing::error!(
-            "the bag was not finished; fix the problem and rerun the same command to resume it"
-        );
-        ("error", exit::ERROR, None, Some(e.to_string()))
-    } else if ran.cancelled {
-        tracing::warn!("interrupted; rerun the same command to resume the bag {to}");
-        (
-            "interrupted",
-            exit::INTERRUPTED,
-            None,
-            Some("interrupted".to_string()),
-        )
-    } else {
-        match writer.finish(&report).await {
-            Ok(bag) if bag.failed_items == 0 => ("complete", exit::OK, Some(bag), None),
-            Ok(bag) => ("completed_with_failures", exit::PROBLEMS, Some(bag), None),
-            Err(e) => {
-                tracing::error!("{e}");
-                ("error", exit::ERROR, None, Some(e.to_string()))
-            }
-        }
-    };
+    let (report, status, code, bag, error) = super::run::finish_bag(
+        ran,
+        writer,
+        "the bag was not finished; fix the problem and rerun the same command to resume it",
+        &format!("interrupted; rerun the same command to resume the bag {to}"),
+    )
+    .await;
     let summary = summarize(
         &repo,
         &run,

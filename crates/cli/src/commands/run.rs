@@ -8,6 +8,7 @@ use ferry_core::{Connector, Pipeline, PipelineOptions, Progress, RunReport, Sink
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
+use crate::commands::exit;
 use crate::progress::ExportProgress;
 
 /// What a pipeline run ended with.
@@ -18,6 +19,47 @@ pub(crate) struct Ran {
     pub fatal: Option<ferry_core::Error>,
     /// Stopped by Ctrl-C or SIGTERM.
     pub cancelled: bool,
+}
+
+/// How a run into a bag ended: status, exit code, the bag's summary, the error. The bag is
+/// finished (its manifests written) only when the run was neither stopped nor interrupted;
+/// `stopped` and `interrupted` are what to tell the user then.
+pub(crate) async fn finish_bag(
+    ran: Ran,
+    writer: ferry_archive::writer::BagWriter,
+    stopped: &str,
+    interrupted: &str,
+) -> (
+    RunReport,
+    &'static str,
+    i32,
+    Option<ferry_archive::writer::BagSummary>,
+    Option<String>,
+) {
+    let Ran {
+        report,
+        fatal,
+        cancelled,
+    } = ran;
+    if let Some(e) = fatal {
+        tracing::error!("{e}");
+        tracing::error!("{stopped}");
+        return (report, "error", exit::ERROR, None, Some(e.to_string()));
+    }
+    if cancelled {
+        tracing::warn!("{interrupted}");
+        let e = Some("interrupted".to_string());
+        return (report, "interrupted", exit::INTERRUPTED, None, e);
+    }
+    let (status, code, bag, error) = match writer.finish(&report).await {
+        Ok(bag) if bag.failed_items == 0 => ("complete", exit::OK, Some(bag), None),
+        Ok(bag) => ("completed_with_failures", exit::PROBLEMS, Some(bag), None),
+        Err(e) => {
+            tracing::error!("{e}");
+            ("error", exit::ERROR, None, Some(e.to_string()))
+        }
+    };
+    (report, status, code, bag, error)
 }
 
 /// Feeds `connector`'s items into `sink` with `options`.
