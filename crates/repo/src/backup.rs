@@ -20,6 +20,7 @@ use ferry_core::{
     DigestAlgorithm, Error, Failure, Item, ItemWriter, ObjectStore, Result, RunReport, Sink,
     StoredItem,
 };
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
@@ -60,6 +61,15 @@ struct Known {
     fingerprint: u64,
 }
 
+/// Content of the previous state an item can take without being read again when it is listed
+/// at another key (moved or renamed) with the same fingerprint.
+#[derive(Debug, Clone, Copy)]
+struct Prior {
+    blob: [u8; 32],
+    size: u64,
+    retrieved_at: Option<OffsetDateTime>,
+}
+
 #[derive(Default)]
 struct Progress {
     /// Key hashes of the previous state.
@@ -79,6 +89,22 @@ struct Progress {
     removed: HashSet<u64>,
     /// Containers an incremental source listed whole, by [`container_identity`] hash.
     complete: HashSet<u64>,
+    /// Incremental sources only: how many keys each [`identity`] has in the previous state.
+    known_ids: HashMap<u64, u32>,
+    /// Incremental sources only: the [`identity`] of each key hash of the previous state.
+    key_ids: HashMap<u64, u64>,
+    /// Incremental sources only: the previous state's content by ([`identity`], fingerprint
+    /// hash), for items listed at another key.
+    priors: HashMap<(u64, u64), Prior>,
+    /// Incremental sources only: identities listed in this run (read or unchanged); their
+    /// previous keys not listed again are gone (moved or renamed).
+    listed: HashSet<u64>,
+    /// Incremental sources only: identities whose item could not be read in this run (their
+    /// earlier keys stay).
+    failed_ids: HashSet<u64>,
+    /// An identity of the previous state was listed at a new key, or has several keys: the
+    /// previous state is scanned at the end for keys it left.
+    moved: bool,
 }
 
 /// What names an item at its source, whatever its path: system, account, container, id.
@@ -149,14 +175,35 @@ impl Backup {
                 let mut state = repo.state(&p).await?;
                 for e in state.entries.by_ref() {
                     let e = e?;
-                    progress.known.insert(
-                        hash(&e.key),
-                        Known {
-                            fingerprint: hash(e.fingerprint.as_deref().unwrap_or_default()),
-                        },
-                    );
-                    if let Some(b) = e.blob.as_deref().and_then(blob_bytes) {
+                    let fp = hash(e.fingerprint.as_deref().unwrap_or_default());
+                    progress
+                        .known
+                        .insert(hash(&e.key), Known { fingerprint: fp });
+                    let blob = e.blob.as_deref().and_then(blob_bytes);
+                    if let Some(b) = blob {
                         progress.known_blobs.insert(b);
+                    }
+                    if !options.full_listing {
+                        if let Some((sys, acc, con, id)) = entry_source(&e) {
+                            let ident = identity(&sys, acc.as_deref(), con.as_deref(), &id);
+                            *progress.known_ids.entry(ident).or_default() += 1;
+                            progress.key_ids.insert(hash(&e.key), ident);
+                            if let Some(blob) = blob {
+                                let retrieved_at = e
+                                    .item
+                                    .as_ref()
+                                    .and_then(|i| i["retrieved_at"].as_str())
+                                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+                                progress.priors.insert(
+                                    (ident, fp),
+                                    Prior {
+                                        blob,
+                                        size: e.size.unwrap_or(0),
+                                        retrieved_at,
+                                    },
+                                );
+                            }
+                        }
                     }
                 }
                 Some(stored)
@@ -237,13 +284,23 @@ impl Backup {
                 std::mem::take(&mut p.complete),
             )
         };
+        let (listed, moved) = {
+            let mut p = self.progress.lock().expect("progress");
+            let mut listed = std::mem::take(&mut p.listed);
+            for f in &p.failed_ids {
+                listed.remove(f);
+            }
+            (listed, p.moved)
+        };
         // Removals. A source that lists everything: keys of the previous state it no longer
         // lists (unless part of the listing failed). An incremental source: the items it said
-        // are gone, and the unseen items of the containers it listed whole.
+        // are gone, the unseen items of the containers it listed whole, and the unseen keys of
+        // items it listed (moved or renamed: listed at their new key only).
         let mut removals = Vec::new();
         if let Some(prev) = &self.previous {
             let whole = self.options.full_listing && !listing_failed;
-            if whole || !removed.is_empty() || !complete.is_empty() {
+            let moved = moved && !listed.is_empty();
+            if whole || !removed.is_empty() || !complete.is_empty() || moved {
                 let mut state = repo.state(&prev.record.id).await?;
                 for e in state.entries.by_ref() {
                     let e = e?;
@@ -252,7 +309,9 @@ impl Backup {
                     }
                     let gone = whole
                         || entry_source(&e).is_some_and(|(sys, acc, con, id)| {
-                            removed.contains(&identity(&sys, acc.as_deref(), con.as_deref(), &id))
+                            let ident = identity(&sys, acc.as_deref(), con.as_deref(), &id);
+                            removed.contains(&ident)
+                                || listed.contains(&ident)
                                 || complete.contains(&container_identity(
                                     &sys,
                                     acc.as_deref(),
@@ -513,6 +572,25 @@ fn unique_key(p: &mut Progress, item: &Item) -> Result<(String, u64)> {
     )))
 }
 
+/// Incremental sources: notes the item listed at key hash `h` as listed; marks the run
+/// `moved` when its identity had another key in the previous state. Its [`identity`].
+fn note_listed(p: &mut Progress, item: &Item, h: u64) -> u64 {
+    let s = &item.source;
+    let ident = identity(
+        &s.system,
+        s.account.as_deref(),
+        s.container.as_deref(),
+        &s.id,
+    );
+    p.listed.insert(ident);
+    if let Some(&n) = p.known_ids.get(&ident) {
+        if n > 1 || p.key_ids.get(&h) != Some(&ident) {
+            p.moved = true;
+        }
+    }
+    ident
+}
+
 /// The pipeline's sink for a backup run.
 pub struct BackupSink(pub Arc<Backup>);
 
@@ -524,11 +602,47 @@ impl Sink for BackupSink {
 
     fn place(&self, item: &Item) -> Result<Placement> {
         let fp = fingerprint(item);
+        let fph = hash(&fp);
         let mut p = self.0.progress.lock().expect("progress");
         let (key, h) = unique_key(&mut p, item)?;
-        if p.known.get(&h).is_some_and(|k| k.fingerprint == hash(&fp)) {
+        let known = p.known.get(&h).copied();
+        if known.is_some_and(|k| k.fingerprint == fph) {
             p.counts.unchanged += 1;
+            if !self.0.options.full_listing {
+                note_listed(&mut p, item, h);
+            }
             return Ok(Placement::AlreadyStored);
+        }
+        if !self.0.options.full_listing {
+            // Moved or renamed, the same content: the earlier blob, not read again.
+            let ident = note_listed(&mut p, item, h);
+            if let Some(prior) = p.priors.get(&(ident, fph)).copied() {
+                drop(p);
+                let op = if known.is_some() { Op::Change } else { Op::Add };
+                let digest = hex::encode(prior.blob);
+                let stored = StoredItem {
+                    path: key.clone(),
+                    size: prior.size,
+                    digests: [(DigestAlgorithm::Sha256, digest.clone())].into(),
+                    checks: Vec::new(),
+                    retrieved_at: prior.retrieved_at.unwrap_or_else(OffsetDateTime::now_utc),
+                };
+                let mut record = item_record(item, Some(&stored));
+                // The content was read when the earlier entry was made.
+                record["retrieved_at"] = prior
+                    .retrieved_at
+                    .and_then(|t| t.format(&Rfc3339).ok())
+                    .into();
+                self.0.spool_entry(&Entry {
+                    key,
+                    op,
+                    blob: Some(digest),
+                    size: Some(prior.size),
+                    fingerprint: Some(fp),
+                    item: Some(record),
+                })?;
+                return Ok(Placement::AlreadyStored);
+            }
         }
         p.pending.insert(h, fp);
         Ok(Placement::New(key))
@@ -571,6 +685,9 @@ impl Sink for BackupSink {
         let (key, h, op) = {
             let mut p = self.0.progress.lock().expect("progress");
             let (key, h) = unique_key(&mut p, item)?;
+            if !self.0.options.full_listing {
+                note_listed(&mut p, item, h);
+            }
             let op = match p.known.get(&h) {
                 Some(k) if k.fingerprint == hash(&fp) => {
                     p.counts.unchanged += 1;
@@ -618,8 +735,19 @@ impl Sink for BackupSink {
 
     async fn record_failure(&self, failure: &Failure) -> Result<()> {
         let mut p = self.0.progress.lock().expect("progress");
-        if failure.source.is_none() {
-            p.listing_failed = true;
+        match &failure.source {
+            None => p.listing_failed = true,
+            // An item not read keeps its earlier keys, even when listed at a new one.
+            Some(s) if !self.0.options.full_listing => {
+                let ident = identity(
+                    &s.system,
+                    s.account.as_deref(),
+                    s.container.as_deref(),
+                    &s.id,
+                );
+                p.failed_ids.insert(ident);
+            }
+            Some(_) => {}
         }
         p.failures
             .push(serde_json::to_value(failure).unwrap_or(serde_json::Value::Null));
@@ -721,5 +849,154 @@ impl Drop for BlobWriter {
         if self.file.is_some() {
             let _ = std::fs::remove_file(&self.spool);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FolderStore;
+    use ferry_core::SourceRef;
+
+    fn item(id: &str, path: &[&str], size: u64, version: &str) -> Item {
+        let mut i = Item::file(
+            SourceRef {
+                system: "m365".into(),
+                account: Some("ann".into()),
+                container: Some("drive1".into()),
+                id: id.into(),
+                version: Some(version.into()),
+                original_name: None,
+                original_path: None,
+            },
+            path.iter().map(|s| s.to_string()).collect(),
+        );
+        i.size = Some(size);
+        i
+    }
+
+    /// One run of an incremental source listing `items` with `content` (an empty one cannot
+    /// be read); the items the sink asked to read.
+    async fn run(repo: &Arc<Repository>, items: &[(Item, &[u8])]) -> (StoredRun, Vec<String>) {
+        let backup = Backup::start(
+            repo.clone(),
+            BackupOptions {
+                job: "job".into(),
+                source: "m365:test".into(),
+                options: Default::default(),
+                full_listing: false,
+            },
+        )
+        .await
+        .unwrap();
+        let sink = BackupSink(backup.clone());
+        let mut read = Vec::new();
+        for (item, content) in items {
+            if let Placement::New(path) = sink.place(item).unwrap() {
+                read.push(path.clone());
+                if content.is_empty() {
+                    let failure = Failure {
+                        source: Some(item.source.clone()),
+                        name: path,
+                        stage: "download".into(),
+                        error: "gone".into(),
+                        attempts: 1,
+                        at: OffsetDateTime::now_utc(),
+                    };
+                    sink.record_failure(&failure).await.unwrap();
+                    continue;
+                }
+                let mut w = sink.create(item, &path).await.unwrap();
+                w.write(Bytes::copy_from_slice(content)).await.unwrap();
+                let stored = StoredItem {
+                    path,
+                    size: content.len() as u64,
+                    digests: [(DigestAlgorithm::Sha256, crate::format::sha256_hex(content))].into(),
+                    checks: Vec::new(),
+                    retrieved_at: OffsetDateTime::now_utc(),
+                };
+                w.commit(item, stored).await.unwrap();
+            }
+        }
+        let stored = backup
+            .finish(&RunReport::start(), serde_json::Value::Null)
+            .await
+            .unwrap();
+        (stored, read)
+    }
+
+    async fn state(repo: &Repository, run: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for e in repo.state(run).await.unwrap().entries {
+            let e = e.unwrap();
+            out.push((e.key, e.blob.unwrap_or_default()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_moved_item_leaves_its_old_key_and_keeps_its_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(FolderStore::new(dir.path().join("repo")));
+        let repo = Arc::new(
+            Repository::open(store, &dir.path().join("work"), true)
+                .await
+                .unwrap(),
+        );
+        let a = item("1", &["ann", "docs", "a.txt"], 5, "v1");
+        let b = item("2", &["ann", "docs", "b.txt"], 3, "v1");
+        let (first, read) = run(&repo, &[(a, b"alpha"), (b, b"bet")]).await;
+        assert_eq!(read.len(), 2);
+        let sha_a = crate::format::sha256_hex(b"alpha");
+        let sha_b = crate::format::sha256_hex(b"bet");
+
+        // A delta listing: a.txt renamed (same fingerprint), b.txt moved and changed.
+        let a2 = item("1", &["ann", "archive", "a-old.txt"], 5, "v1");
+        let b2 = item("2", &["ann", "archive", "b.txt"], 4, "v2");
+        let (second, read) = run(&repo, &[(a2, b"alpha"), (b2, b"beta")]).await;
+        assert_eq!(
+            read,
+            vec!["m365/ann/archive/b.txt"],
+            "the renamed item is not read again"
+        );
+        assert_eq!(
+            state(&repo, &second.record.id).await,
+            vec![
+                ("m365/ann/archive/a-old.txt".to_string(), sha_a.clone()),
+                (
+                    "m365/ann/archive/b.txt".to_string(),
+                    crate::format::sha256_hex(b"beta")
+                ),
+            ]
+        );
+        let c = &second.record.counts;
+        assert_eq!((c.added, c.changed, c.removed), (2, 0, 2));
+        assert_eq!(c.blobs_written, 1);
+        // The earlier run still restores the old keys.
+        assert_eq!(
+            state(&repo, &first.record.id).await,
+            vec![
+                ("m365/ann/docs/a.txt".to_string(), sha_a.clone()),
+                ("m365/ann/docs/b.txt".to_string(), sha_b),
+            ]
+        );
+        // The reused entry names its blob in its provenance record too.
+        let mut st = repo.state(&second.record.id).await.unwrap();
+        let e = st.entries.next().unwrap().unwrap();
+        assert_eq!(e.size, Some(5));
+        assert_eq!(e.item.unwrap()["digests"]["sha256"], sha_a.as_str());
+
+        // A run that lists nothing moved removes nothing.
+        let (third, read) = run(&repo, &[]).await;
+        assert!(read.is_empty());
+        assert_eq!(third.record.counts.removed, 0);
+        assert_eq!(third.record.counts.state_entries, 2);
+
+        // Moved again, but not read: its earlier key stays.
+        let b3 = item("2", &["ann", "b.txt"], 2, "v3");
+        let (fourth, read) = run(&repo, &[(b3, b"")]).await;
+        assert_eq!(read, vec!["m365/ann/b.txt"]);
+        assert_eq!(fourth.record.counts.removed, 0);
+        assert_eq!(fourth.record.counts.state_entries, 2);
     }
 }
