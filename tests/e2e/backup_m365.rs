@@ -159,3 +159,249 @@ fn a_second_run_lists_from_delta_links_and_downloads_only_the_new_message() {
     assert!(all.contains(&another.mime()) && all.contains(&added.mime()));
     assert_eq!(all.len(), now.len() + 1);
 }
+
+/// SHA-256 of every file restored under `root`, by path relative to it.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest as _;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, hex(&sha2::Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The sorted digests of a drive's files as the sandbox holds them now.
+fn drive_digests(fx: &GraphFixture, drive_id: &str) -> Vec<String> {
+    use sha2::Digest as _;
+    let mut out: Vec<String> = fx
+        .server
+        .current_truth()
+        .files
+        .iter()
+        .filter(|f| f.drive_id == drive_id)
+        .map(|f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f.bytes(), &mut bytes).unwrap();
+            hex(&sha2::Sha256::digest(&bytes))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Restores `run` (latest when None) and returns the files of one OneDrive, by path below it.
+fn restored_drive(
+    dir: &Path,
+    repo: &Path,
+    run: Option<&str>,
+    tenant: &str,
+    upn: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let to = dir.join(format!("restore-{}", run.unwrap_or("latest")));
+    let mut args = vec![
+        "restore".to_string(),
+        "--repo".into(),
+        repo.display().to_string(),
+        "--to".into(),
+        to.display().to_string(),
+    ];
+    if let Some(r) = run {
+        args.extend(["--run".to_string(), r.to_string()]);
+    }
+    ferry(&args).expect_code(0);
+    tree(
+        &to.join("m365")
+            .join(tenant)
+            .join("users")
+            .join(upn)
+            .join("onedrive"),
+    )
+}
+
+/// Folders (not the root) of a drive with nothing in them, as the sandbox holds them now.
+fn empty_folders(fx: &GraphFixture, drive_id: &str) -> u64 {
+    let t = fx.server.current_truth();
+    t.drive_folders
+        .iter()
+        .filter(|f| f.drive_id == drive_id && f.parent_id.is_some())
+        .filter(|f| {
+            !t.files.iter().any(|x| x.parent_id == f.id)
+                && !t
+                    .drive_folders
+                    .iter()
+                    .any(|x| x.parent_id.as_deref() == Some(f.id.as_str()))
+        })
+        .count() as u64
+}
+
+fn sorted_values(m: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut v: Vec<String> = m.values().cloned().collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn drives_are_read_from_delta_links_with_moves_renames_and_deletions() {
+    let fx = GraphFixture::start(GraphConfig {
+        users: 2,
+        messages_per_user: 2,
+        files_per_user: 12,
+        ..GraphConfig::default()
+    });
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    let truth = fx.server.truth().clone();
+    let tenant = fx.tenant();
+    let user = truth
+        .licensed_users()
+        .find(|u| {
+            u.drive_id.as_ref().is_some_and(|d| {
+                truth.files.iter().filter(|f| &f.drive_id == d).count() >= 4
+                    && truth
+                        .drive_folders
+                        .iter()
+                        .any(|f| &f.drive_id == d && f.path.len() == 1)
+            })
+        })
+        .expect("a user with files and folders")
+        .clone();
+    let upn = user.user_principal_name.clone();
+    let drive = user.drive_id.clone().unwrap();
+    let before = drive_digests(&fx, &drive);
+    let empty_before = empty_folders(&fx, &drive);
+
+    let s1 = backup(&fx, &repo);
+    let run1 = s1["run"].as_str().unwrap().to_string();
+    let run1_tree = restored_drive(dir.path(), &repo, Some(&run1), &tenant, &upn);
+    assert_eq!(
+        sorted_values(&run1_tree),
+        before,
+        "run 1 restores the drive"
+    );
+
+    // Change the drive: a new file, a new folder with a file, one file changed, one moved and
+    // renamed, one deleted.
+    let files: Vec<_> = truth
+        .files
+        .iter()
+        .filter(|f| f.drive_id == drive && !f.listed_differs())
+        .cloned()
+        .collect();
+    let (changed, moved, deleted) = (&files[0], &files[1], &files[2]);
+    fx.server
+        .add_file(&drive, &[], "arrived-after-run-1.bin", 3000)
+        .unwrap();
+    fx.server
+        .add_drive_folder(&drive, &[], "Fresh folder")
+        .unwrap();
+    fx.server
+        .add_file(&drive, &["Fresh folder"], "inside.bin", 2000)
+        .unwrap();
+    assert!(fx.server.modify_file(&changed.id, 4321));
+    assert!(fx
+        .server
+        .move_drive_item(&moved.id, &[], "moved and renamed.bin"));
+    assert!(fx.server.delete_drive_item(&deleted.id));
+    let stats = fx.server.stats();
+    let emptied = empty_folders(&fx, &drive) - empty_before;
+    let s2 = backup(&fx, &repo);
+    let after = fx.server.stats();
+    assert_eq!(
+        after.drive_enumerations, stats.drive_enumerations,
+        "no drive is enumerated again: {s2:#}"
+    );
+    assert_eq!(
+        after.downloads - stats.downloads,
+        3,
+        "only the two new files and the changed one are downloaded (the moved one is not): {s2:#}"
+    );
+    let c = &s2["counts"];
+    assert_eq!(c["changed"], 1, "{s2:#}");
+    assert_eq!(
+        c["added"],
+        3 + emptied,
+        "new, inside, moved, and folders left empty: {s2:#}"
+    );
+    assert_eq!(c["removed"], 2, "deleted, moved's old path: {s2:#}");
+    let run2 = s2["run"].as_str().unwrap().to_string();
+    let run2_tree = restored_drive(dir.path(), &repo, Some(&run2), &tenant, &upn);
+    assert_eq!(sorted_values(&run2_tree), drive_digests(&fx, &drive));
+    assert!(
+        run2_tree.contains_key("moved and renamed.bin"),
+        "{run2_tree:#?}"
+    );
+    assert!(run2_tree.contains_key("Fresh folder/inside.bin"));
+    let moved_old = moved.path.join("/");
+    assert!(!run2_tree.contains_key(&moved_old));
+    // Run 1 still restores what was there then.
+    let again = restored_drive(dir.path(), &repo, Some(&run1), &tenant, &upn);
+    assert_eq!(again, run1_tree);
+    assert!(again.contains_key(&moved_old));
+
+    // A renamed folder changes the paths of files the delta does not list: the drive is
+    // listed whole, nothing is downloaded again, the old paths are gone.
+    let folder = truth
+        .drive_folders
+        .iter()
+        .find(|f| {
+            f.drive_id == drive
+                && f.path.len() == 1
+                && run2_tree
+                    .keys()
+                    .any(|k| k.starts_with(&format!("{}/", f.name)))
+        })
+        .expect("a top-level folder with files")
+        .clone();
+    assert!(fx.server.move_drive_item(&folder.id, &[], "Renamed folder"));
+    let stats = fx.server.stats();
+    let s3 = backup(&fx, &repo);
+    let after = fx.server.stats();
+    assert!(
+        after.drive_enumerations > stats.drive_enumerations,
+        "{s3:#}"
+    );
+    assert_eq!(after.downloads - stats.downloads, 0, "{s3:#}");
+    let run3 = s3["run"].as_str().unwrap().to_string();
+    let run3_tree = restored_drive(dir.path(), &repo, Some(&run3), &tenant, &upn);
+    assert_eq!(sorted_values(&run3_tree), drive_digests(&fx, &drive));
+    let old_prefix = format!("{}/", folder.name);
+    assert!(
+        !run3_tree.keys().any(|k| k.starts_with(&old_prefix)),
+        "{run3_tree:#?}"
+    );
+    assert!(run3_tree.keys().any(|k| k.starts_with("Renamed folder/")));
+
+    // An expired delta link: listed whole, only the new file read.
+    fx.server.invalidate_delta_tokens();
+    fx.server
+        .add_file(&drive, &[], "after-resync.bin", 1000)
+        .unwrap();
+    let stats = fx.server.stats();
+    let s4 = backup(&fx, &repo);
+    let after = fx.server.stats();
+    assert!(
+        after.drive_enumerations > stats.drive_enumerations,
+        "{s4:#}"
+    );
+    assert_eq!(s4["counts"]["added"], 1, "{s4:#}");
+    assert_eq!(s4["counts"]["removed"], 0, "{s4:#}");
+    let run4 = s4["run"].as_str().unwrap().to_string();
+    let run4_tree = restored_drive(dir.path(), &repo, Some(&run4), &tenant, &upn);
+    assert_eq!(sorted_values(&run4_tree), drive_digests(&fx, &drive));
+}

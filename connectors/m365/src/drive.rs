@@ -2,6 +2,11 @@
 //! (folders rebuilt from parent ids, since delta results carry no paths; repeated entries
 //! merged, last wins; deleted entries ignored), each file downloaded through its pre-signed
 //! download URL with Range resume and checked against Graph's quickXorHash.
+//!
+//! Incremental runs read each drive from the earlier run's delta link. The cursor keeps the
+//! drive's folder map (id → parent, name) beside the link, since a changed file's path is
+//! only known from its ancestors; a renamed, moved or deleted folder changes the paths of
+//! descendants the delta does not list, so such a drive is listed whole again.
 
 use std::collections::{HashMap, HashSet};
 
@@ -174,7 +179,278 @@ struct Entry {
     value: Value,
 }
 
+/// Lists a drive: from the earlier run's delta link when there is one (only what changed),
+/// else whole.
 async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<()> {
+    if let Some(cursor) = inner
+        .options
+        .drive_cursor(&target.account, &target.drive_id)
+    {
+        match list_drive_changes(inner, &target, cursor, tx).await? {
+            Changes::Listed => return Ok(()),
+            Changes::ListWhole(why) => inner.note(format!(
+                "drive {} of {}: listed whole ({why})",
+                target.name, target.account
+            )),
+        }
+    }
+    list_drive_whole(inner, target, tx).await
+}
+
+/// At most this many changed files are held while a delta is read (their paths are only
+/// known once every folder change is in); a larger change lists the drive whole instead.
+const MAX_HELD_CHANGES: usize = 20_000;
+
+/// What became of an incremental listing.
+enum Changes {
+    /// The changes were listed.
+    Listed,
+    /// The drive must be listed whole, for this reason.
+    ListWhole(String),
+}
+
+/// A drive's folders as the cursor keeps them: id → (parent id, name), and the root's id.
+/// Delta answers carry no paths, so a changed file's path is rebuilt from this map.
+#[derive(Default)]
+struct FolderMap {
+    root: Option<String>,
+    folders: HashMap<String, (Option<String>, String)>,
+}
+
+impl FolderMap {
+    /// From a cursor's `root_id` and `folders` (`[[id, parent, name], …]`).
+    fn from_cursor(c: &Value) -> Option<FolderMap> {
+        let mut map = FolderMap {
+            root: c["root_id"].as_str().map(str::to_string),
+            folders: HashMap::new(),
+        };
+        for f in c["folders"].as_array()? {
+            let id = f[0].as_str()?;
+            map.folders.insert(
+                id.to_string(),
+                (
+                    f[1].as_str().map(str::to_string),
+                    f[2].as_str()?.to_string(),
+                ),
+            );
+        }
+        Some(map)
+    }
+
+    /// For the cursor: sorted by id, so an unchanged drive writes the same cursor.
+    fn to_cursor(&self) -> Value {
+        let mut ids: Vec<&String> = self.folders.keys().collect();
+        ids.sort();
+        let list: Vec<Value> = ids
+            .into_iter()
+            .map(|id| {
+                let (parent, name) = &self.folders[id];
+                json!([id, parent, name])
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// A folder's path below the drive root (empty for the root); None if an ancestor is
+    /// unknown.
+    fn path(&self, id: Option<&str>) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        let mut at = id;
+        for _ in 0..10_000 {
+            match at {
+                None => break,
+                Some(p) if Some(p) == self.root.as_deref() => break,
+                Some(p) => {
+                    let (parent, name) = self.folders.get(p)?;
+                    out.push(name.clone());
+                    at = parent.as_deref();
+                }
+            }
+        }
+        out.reverse();
+        Some(out)
+    }
+}
+
+/// Lists what changed in a drive since the earlier run's delta link. Files come with their
+/// current paths; deleted files become removals; a folder that was renamed, moved or
+/// deleted changes the paths of descendants the delta does not list, so the drive is then
+/// listed whole instead (as it is when the link expired or too much changed).
+async fn list_drive_changes(
+    inner: &Inner,
+    target: &DriveTarget,
+    cursor: &Value,
+    tx: &Sender,
+) -> Result<Changes> {
+    let what = format!("drive {} of {}", target.name, target.account);
+    let (Some(link), Some(mut map)) = (
+        cursor["delta_link"].as_str(),
+        FolderMap::from_cursor(cursor),
+    ) else {
+        return Ok(Changes::ListWhole(
+            "the earlier run kept no folder map for it".into(),
+        ));
+    };
+    let mut pages = inner.graph.pages(link, target.scope, None, &what);
+    // Last entry wins (the docs allow repeats); BTreeMap keeps the order stable.
+    let mut files: std::collections::BTreeMap<String, Entry> = Default::default();
+    let mut gone: HashSet<String> = HashSet::new();
+    let mut folders_seen: Vec<(String, Entry)> = Vec::new();
+    let (mut deleted, mut repeats) = (0u64, 0u64);
+    loop {
+        let values = match pages.next_page().await {
+            Ok(Some(v)) => v,
+            Ok(None) => break,
+            Err(g) => {
+                fail_listing(tx, &format!("m365:{}/{}", target.account, target.name), g).await?;
+                return Ok(Changes::Listed);
+            }
+        };
+        if pages.resynced {
+            return Ok(Changes::ListWhole("its delta link had expired".into()));
+        }
+        for v in values {
+            let Some(id) = v["id"].as_str().map(str::to_string) else {
+                continue;
+            };
+            if v.get("root").is_some() {
+                map.root.get_or_insert(id);
+                continue;
+            }
+            let is_folder = v.get("folder").is_some() || v.get("package").is_some();
+            if v.get("deleted").is_some() {
+                deleted += 1;
+                if map.folders.contains_key(&id) {
+                    return Ok(Changes::ListWhole(format!("folder {id} was deleted")));
+                }
+                files.remove(&id);
+                gone.insert(id);
+                continue;
+            }
+            let entry = Entry {
+                name: v["name"].as_str().unwrap_or(&id).to_string(),
+                parent: v["parentReference"]["id"].as_str().map(str::to_string),
+                value: v,
+            };
+            if is_folder {
+                match map.folders.get(&id) {
+                    Some((parent, name)) if *parent != entry.parent || *name != entry.name => {
+                        return Ok(Changes::ListWhole(format!(
+                            "folder {:?} was renamed or moved",
+                            entry.name
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        map.folders
+                            .insert(id.clone(), (entry.parent.clone(), entry.name.clone()));
+                    }
+                }
+                folders_seen.push((id, entry));
+                continue;
+            }
+            gone.remove(&id);
+            if files.insert(id, entry).is_some() {
+                repeats += 1;
+            }
+            if files.len() > MAX_HELD_CHANGES {
+                return Ok(Changes::ListWhole(format!(
+                    "more than {MAX_HELD_CHANGES} files changed"
+                )));
+            }
+        }
+    }
+    let Some(delta) = pages.delta_link else {
+        return Ok(Changes::ListWhole(
+            "its delta ended without a delta link".into(),
+        ));
+    };
+    // Every path first: a file in a folder the map does not know is not listed half.
+    let mut placed = Vec::with_capacity(files.len());
+    for (id, e) in files {
+        let Some(mut rel) = map.path(e.parent.as_deref()) else {
+            return Ok(Changes::ListWhole(format!(
+                "{:?} sits in a folder it does not know",
+                e.name
+            )));
+        };
+        rel.push(e.name.clone());
+        placed.push((id, e, rel));
+    }
+    let mut changed_folders = Vec::new();
+    for (id, e) in &folders_seen {
+        let Some(rel) = map.path(Some(id)) else {
+            return Ok(Changes::ListWhole(format!(
+                "folder {:?} sits in a folder it does not know",
+                e.name
+            )));
+        };
+        changed_folders.push(rel);
+    }
+    let source = |id: &str| SourceRef {
+        system: "m365".into(),
+        account: Some(target.account.clone()),
+        container: Some(target.drive_id.clone()),
+        id: id.to_string(),
+        version: None,
+        original_name: None,
+        original_path: None,
+    };
+    let files_listed = placed.len() as u64;
+    for (id, e, rel) in placed {
+        send(
+            tx,
+            Listing::Item(drive_item(inner, target, &id, &e, rel, false)),
+        )
+        .await?;
+    }
+    for id in &gone {
+        send(tx, Listing::Removed(source(id))).await?;
+    }
+    // A folder listed here may have become empty or stopped being empty: empty ones are
+    // items (so a restore recreates them); a folder with children drops such an entry.
+    for ((id, e), rel) in folders_seen.iter().zip(changed_folders) {
+        if e.value["folder"]["childCount"].as_u64() == Some(0) {
+            send(
+                tx,
+                Listing::Item(drive_item(inner, target, id, e, rel, true)),
+            )
+            .await?;
+        } else {
+            send(tx, Listing::Removed(source(id))).await?;
+        }
+    }
+    let mut st = inner.state.lock().expect("state");
+    st.drives.push(DriveRecord {
+        account: target.account.clone(),
+        drive_id: target.drive_id.clone(),
+        drive_type: target.drive_type.clone(),
+        name: target.name.clone(),
+        files: files_listed,
+        folders: map.folders.len() as u64,
+        deleted_seen: deleted,
+        repeats,
+        resynced: false,
+    });
+    st.cursors.push(drive_cursor(target, &delta, &map));
+    Ok(Changes::Listed)
+}
+
+/// What the next run needs to list only the drive's changes.
+fn drive_cursor(target: &DriveTarget, delta: &str, map: &FolderMap) -> Value {
+    json!({
+        "type": "drive",
+        "account": target.account,
+        "drive_id": target.drive_id,
+        "drive_name": target.name,
+        "delta_link": delta,
+        "root_id": map.root,
+        "folders": map.to_cursor(),
+    })
+}
+
+/// Lists a drive whole with a delta query from the start.
+async fn list_drive_whole(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<()> {
     let what = format!("drive {} of {}", target.name, target.account);
     let url = format!(
         "{}/drives/{}/root/delta",
@@ -287,7 +563,6 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
             None => orphan(tx, &target, &what, id, e).await?,
         }
     }
-    let folders = folder_count;
     if !listing_failed {
         // The drive was listed whole: files an earlier backup run had and this one did not
         // list are gone.
@@ -308,19 +583,22 @@ async fn list_drive(inner: &Inner, target: DriveTarget, tx: &Sender) -> Result<(
         drive_type: target.drive_type.clone(),
         name: target.name.clone(),
         files,
-        folders,
+        folders: folder_count,
         deleted_seen: deleted,
         repeats,
         resynced,
     });
-    if let Some(link) = delta {
-        st.cursors.push(json!({
-            "type": "drive",
-            "account": target.account,
-            "drive_id": target.drive_id,
-            "drive_name": target.name,
-            "delta_link": link,
-        }));
+    // A listing with failures keeps no cursor, so the next run lists the drive whole again
+    // instead of never seeing what failed here.
+    if let (Some(link), false) = (delta, listing_failed) {
+        let map = FolderMap {
+            root: root_id,
+            folders: folders
+                .into_iter()
+                .map(|(id, e)| (id, (e.parent, e.name)))
+                .collect(),
+        };
+        st.cursors.push(drive_cursor(&target, &link, &map));
     }
     Ok(())
 }

@@ -125,9 +125,9 @@ pub struct M365Options {
     pub timeout: Duration,
     /// The shared retry policy.
     pub retry: RetryPolicy,
-    /// What an earlier run reported (its run details, holding `cursors`): mail folders are
-    /// then listed from their delta links — only what changed, with deletions — for
-    /// incremental backups. `None` lists everything.
+    /// What an earlier run reported (its run details, holding `cursors`): mail folders and
+    /// drives are then listed from their delta links — only what changed, with deletions —
+    /// for incremental backups. `None` lists everything.
     pub since: Option<Value>,
 }
 
@@ -150,6 +150,18 @@ impl M365Options {
             retry: RetryPolicy::default(),
             since: None,
         }
+    }
+
+    /// The earlier run's cursor of one drive.
+    pub(crate) fn drive_cursor(&self, account: &str, drive_id: &str) -> Option<&Value> {
+        self.since.as_ref()?["cursors"]
+            .as_array()?
+            .iter()
+            .find(|c| {
+                c["type"] == "drive"
+                    && c["account"].as_str() == Some(account)
+                    && c["drive_id"].as_str() == Some(drive_id)
+            })
     }
 
     /// The earlier run's cursor of one mail folder.

@@ -263,11 +263,17 @@ pub fn fingerprint(item: &Item) -> String {
                 .ok()
         })
         .unwrap_or_default();
-    let etag = item
-        .extra
-        .get("etag")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    // S3's ETag describes the content. OneDrive's eTag changes with any metadata (a rename,
+    // a move), so drive items are compared by their cTag (the version) alone: a moved file
+    // keeps its fingerprint and is not read again.
+    let etag = match item.source.system.as_str() {
+        "s3" => item
+            .extra
+            .get("etag")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        _ => "",
+    };
     let to = item
         .conversion
         .as_ref()

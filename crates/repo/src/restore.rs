@@ -165,11 +165,12 @@ async fn write_file(repo: &Repository, e: &Entry, blob: &str, path: &Path) -> Re
             .await
             .map_err(|err| io("creating the folder of", err))?;
     }
+    // Named by a digest of the name: a name near the 255-byte limit leaves no room to add to.
     let tmp = path.with_file_name(format!(
-        ".{}.ferry-restore",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        ".ferry-restore-{}",
+        &hex::encode(sha2::Sha256::digest(
+            path.file_name().unwrap_or_default().as_encoded_bytes()
+        ))[..16]
     ));
     let mut f = tokio::fs::File::create(&tmp)
         .await

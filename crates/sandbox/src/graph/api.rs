@@ -901,7 +901,8 @@ fn item_json(
             "id": f.id,
             "name": f.name,
             "eTag": format!("\"{{{}}},{}\"", f.id, it.changed),
-            "cTag": format!("\"c:{{{}}},{}\"", f.id, it.changed),
+            // The content tag changes with the content only, not with a rename or move.
+            "cTag": format!("\"c:{{{}}},{:x}\"", f.id, f.content.key),
             "createdDateTime": iso(f.created),
             "lastModifiedDateTime": iso(f.modified),
             "size": f.listed_size,
@@ -1035,6 +1036,7 @@ fn drive_delta(
     let (since, upto, offset, page);
     match token.as_deref() {
         None => {
+            state.drive_enumerations.fetch_add(1, Ordering::Relaxed);
             since = 0;
             upto = live.seq;
             offset = 0;

@@ -224,6 +224,8 @@ pub struct GraphStats {
     pub unauthorized: u64,
     /// Downloads served (message `$value` and file download URLs).
     pub downloads: u64,
+    /// Drive delta requests that enumerate a drive from the start (no token).
+    pub drive_enumerations: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +318,7 @@ pub(crate) struct State {
     tokens_issued: AtomicU64,
     unauthorized: AtomicU64,
     pub downloads: AtomicU64,
+    pub drive_enumerations: AtomicU64,
 }
 
 /// A response body: any body, boxed.
@@ -651,6 +654,7 @@ impl State {
             tokens_issued: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
+            drive_enumerations: AtomicU64::new(0),
             cfg,
             truth,
             base,
@@ -797,6 +801,7 @@ impl State {
             tokens_issued: self.tokens_issued.load(Ordering::Relaxed),
             unauthorized: self.unauthorized.load(Ordering::Relaxed),
             downloads: self.downloads.load(Ordering::Relaxed),
+            drive_enumerations: self.drive_enumerations.load(Ordering::Relaxed),
         }
     }
 
@@ -847,6 +852,7 @@ impl State {
                 "tokens_issued": s.tokens_issued,
                 "unauthorized": s.unauthorized,
                 "downloads": s.downloads,
+                "drive_enumerations": s.drive_enumerations,
             },
             "limits": {
                 "mailbox_concurrency": self.cfg.mailbox_concurrency,
@@ -1161,7 +1167,136 @@ impl GraphServer {
             changed: *seq,
             deleted: None,
         });
+        touch_ancestors(d, Some(&parent.id), *seq);
         Some(f)
+    }
+
+    /// Adds a folder `name` under `dir` (folder names from the drive root; they must exist).
+    /// Returns its id, or None if the drive or `dir` is unknown.
+    pub fn add_drive_folder(&self, drive_id: &str, dir: &[&str], name: &str) -> Option<String> {
+        let mut live = self.state.live.lock().expect("live lock");
+        let Live {
+            seq, drives, rng, ..
+        } = &mut *live;
+        let d = drives.iter_mut().find(|d| d.drive.id == drive_id)?;
+        let parent = folder_at(d, dir)?;
+        let id = tenant::item_id(rng);
+        let mut path = parent.path.clone();
+        path.push(name.to_string());
+        *seq += 1;
+        d.items.push(LiveItem {
+            item: DItem::Folder(DriveFolder {
+                id: id.clone(),
+                drive_id: drive_id.to_string(),
+                parent_id: Some(parent.id.clone()),
+                name: name.to_string(),
+                path,
+                created: now_unix(),
+            }),
+            created: *seq,
+            changed: *seq,
+            deleted: None,
+        });
+        touch_ancestors(d, Some(&parent.id), *seq);
+        Some(id)
+    }
+
+    /// Gives a file new content of `size` bytes (new hash, new cTag); later deltas list it.
+    /// False if not found.
+    pub fn modify_file(&self, item_id: &str, size: u64) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        let Live {
+            seq, drives, rng, ..
+        } = &mut *live;
+        for d in drives.iter_mut() {
+            let Some(it) = d
+                .items
+                .iter_mut()
+                .find(|i| i.deleted.is_none() && i.item.id() == item_id)
+            else {
+                continue;
+            };
+            let DItem::File(f) = &mut it.item else {
+                return false;
+            };
+            let salt = tenant::item_id(rng);
+            f.content = ContentSpec {
+                key: content::key_of(self.state.cfg.seed, &format!("{item_id}/{salt}")),
+                len: size,
+                kind: content::ContentKind::Binary,
+            };
+            f.size = size;
+            f.listed_size = size;
+            f.quick_xor_hash = f.content.quick_xor_hash();
+            f.listed_quick_xor_hash = f.quick_xor_hash.clone();
+            f.modified = now_unix();
+            *seq += 1;
+            it.changed = *seq;
+            let parent = f.parent_id.clone();
+            touch_ancestors(d, Some(&parent), *seq);
+            return true;
+        }
+        false
+    }
+
+    /// Moves and/or renames a drive item: into the folder at `dir` (names from the drive root)
+    /// under `name`. Like OneDrive, a later delta lists the item itself (and its old and new
+    /// ancestors), not the descendants of a moved folder, whose paths change silently. False
+    /// if the item or folder is unknown.
+    pub fn move_drive_item(&self, item_id: &str, dir: &[&str], name: &str) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        live.seq += 1;
+        let seq = live.seq;
+        for d in live.drives.iter_mut() {
+            let Some(at) = d
+                .items
+                .iter()
+                .position(|i| i.deleted.is_none() && i.item.id() == item_id)
+            else {
+                continue;
+            };
+            let Some(parent) = folder_at(d, dir) else {
+                return false;
+            };
+            let old_parent = d.items[at].item.parent_id().map(str::to_string);
+            let mut new_path = parent.path.clone();
+            new_path.push(name.to_string());
+            let old_path = {
+                let it = &mut d.items[at];
+                it.changed = seq;
+                match &mut it.item {
+                    DItem::File(f) => {
+                        f.parent_id = parent.id.clone();
+                        f.name = name.to_string();
+                        std::mem::replace(&mut f.path, new_path.clone())
+                    }
+                    DItem::Folder(f) => {
+                        f.parent_id = Some(parent.id.clone());
+                        f.name = name.to_string();
+                        std::mem::replace(&mut f.path, new_path.clone())
+                    }
+                }
+            };
+            // Descendants keep their ids and cTags; only their paths change.
+            for i in d.items.iter_mut() {
+                if i.item.id() == item_id {
+                    continue;
+                }
+                let p = match &mut i.item {
+                    DItem::File(f) => &mut f.path,
+                    DItem::Folder(f) => &mut f.path,
+                };
+                if p.len() > old_path.len() && p.starts_with(&old_path) {
+                    let rest = p.split_off(old_path.len());
+                    *p = new_path.clone();
+                    p.extend(rest);
+                }
+            }
+            touch_ancestors(d, old_parent.as_deref(), seq);
+            touch_ancestors(d, Some(&parent.id), seq);
+            return true;
+        }
+        false
     }
 
     /// Deletes a drive item (file or folder — a folder's descendants go with it); later deltas
@@ -1194,14 +1329,50 @@ impl GraphServer {
                     }
                 }
             }
+            let parent = d
+                .items
+                .iter()
+                .find(|i| i.item.id() == item_id)
+                .and_then(|i| i.item.parent_id().map(str::to_string));
             for i in &mut d.items {
                 if i.deleted.is_none() && doomed.iter().any(|x| x == i.item.id()) {
                     i.deleted = Some(seq);
                 }
             }
+            touch_ancestors(d, parent.as_deref(), seq);
             return true;
         }
         false
+    }
+}
+
+/// The live folder at `dir` (names from the drive root; empty for the root).
+fn folder_at(d: &LiveDrive, dir: &[&str]) -> Option<DriveFolder> {
+    d.items.iter().find_map(|i| match &i.item {
+        DItem::Folder(f)
+            if i.deleted.is_none() && f.path.iter().map(String::as_str).eq(dir.iter().copied()) =>
+        {
+            Some(f.clone())
+        }
+        _ => None,
+    })
+}
+
+/// A change below a folder changes the folder too (its size, cTag), so OneDrive's delta lists
+/// the folder and every ancestor up to the root along with the changed item.
+fn touch_ancestors(d: &mut LiveDrive, from: Option<&str>, seq: u64) {
+    let mut at = from.map(str::to_string);
+    for _ in 0..1000 {
+        let Some(id) = at.take() else { break };
+        let Some(it) = d
+            .items
+            .iter_mut()
+            .find(|i| i.deleted.is_none() && i.item.id() == id)
+        else {
+            break;
+        };
+        it.changed = seq;
+        at = it.item.parent_id().map(str::to_string);
     }
 }
 
