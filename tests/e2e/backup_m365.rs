@@ -404,4 +404,19 @@ fn drives_are_read_from_delta_links_with_moves_renames_and_deletions() {
     let run4 = s4["run"].as_str().unwrap().to_string();
     let run4_tree = restored_drive(dir.path(), &repo, Some(&run4), &tenant, &upn);
     assert_eq!(sorted_values(&run4_tree), drive_digests(&fx, &drive));
+
+    // A user deleted from the tenant: their mail and OneDrive are marked removed; run 4 still
+    // restores them.
+    assert!(fx.server.delete_user(&upn));
+    let s5 = backup(&fx, &repo);
+    let removed = s5["counts"]["removed"].as_u64().unwrap();
+    assert!(removed > run4_tree.len() as u64, "mail and files: {s5:#}");
+    assert_eq!(
+        s5["counts"]["state_entries"].as_u64().unwrap() + removed,
+        s4["counts"]["state_entries"].as_u64().unwrap(),
+        "{s5:#}"
+    );
+    assert!(restored_drive(dir.path(), &repo, None, &tenant, &upn).is_empty());
+    let again = restored_drive(dir.path(), &repo, Some(&run4), &tenant, &upn);
+    assert_eq!(again, run4_tree);
 }

@@ -126,6 +126,16 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
         })
         .collect();
     inner.state.lock().expect("state").sites = sites.len() as u64;
+    if matches!(inner.options.sites, SiteSelection::All) {
+        // Sites the earlier run read that are gone now: their libraries are emptied.
+        let listed: HashSet<&str> = sites.iter().filter_map(|s| s["webUrl"].as_str()).collect();
+        let gone: Vec<(String, String)> = site_cursors(inner)
+            .filter(|(account, _)| !listed.contains(account.as_str()))
+            .collect();
+        for (account, drive_id) in gone {
+            drive_gone(inner, tx, account, drive_id, "its site is gone").await?;
+        }
+    }
     for site in sites {
         let Some(site_id) = site["id"].as_str() else {
             continue;
@@ -153,6 +163,16 @@ pub(crate) async fn list_sites(inner: &Inner, tx: &Sender) -> Result<()> {
                 continue;
             }
         };
+        // Libraries of this site the earlier run read that are gone now.
+        if let Some(url) = site["webUrl"].as_str() {
+            let ids: HashSet<&str> = drives.iter().filter_map(|d| d["id"].as_str()).collect();
+            let gone: Vec<(String, String)> = site_cursors(inner)
+                .filter(|(account, id)| account == url && !ids.contains(id.as_str()))
+                .collect();
+            for (account, drive_id) in gone {
+                drive_gone(inner, tx, account, drive_id, "the library is gone").await?;
+            }
+        }
         for d in drives {
             let Some(id) = d["id"].as_str() else { continue };
             let name = d["name"].as_str().unwrap_or(id).to_string();
@@ -177,6 +197,43 @@ struct Entry {
     name: String,
     parent: Option<String>,
     value: Value,
+}
+
+/// (site URL, drive id) of the site libraries the earlier run read.
+fn site_cursors(inner: &Inner) -> impl Iterator<Item = (String, String)> + '_ {
+    inner
+        .options
+        .previous_cursors()
+        .filter(|c| c["type"] == "drive" && c["owner"] == "site")
+        .filter_map(|c| {
+            Some((
+                c["account"].as_str()?.into(),
+                c["drive_id"].as_str()?.into(),
+            ))
+        })
+}
+
+/// A drive the earlier run read is gone: reported complete with nothing in it, so a backup
+/// marks its files removed.
+async fn drive_gone(
+    inner: &Inner,
+    tx: &Sender,
+    account: String,
+    drive_id: String,
+    why: &str,
+) -> Result<()> {
+    inner.note(format!(
+        "library {drive_id} of {account}: {why}; its files are marked removed (earlier runs keep them)"
+    ));
+    send(
+        tx,
+        Listing::Complete {
+            system: "m365".into(),
+            account: Some(account),
+            container: Some(drive_id),
+        },
+    )
+    .await
 }
 
 /// Lists a drive: from the earlier run's delta link when there is one (only what changed),
@@ -443,6 +500,7 @@ fn drive_cursor(target: &DriveTarget, delta: &str, map: &FolderMap) -> Value {
         "account": target.account,
         "drive_id": target.drive_id,
         "drive_name": target.name,
+        "owner": if target.prefix.first().map(String::as_str) == Some("users") { "user" } else { "site" },
         "delta_link": delta,
         "root_id": map.root,
         "folders": map.to_cursor(),

@@ -16,7 +16,7 @@ pub mod graph;
 pub mod mail;
 pub mod users;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,6 +150,15 @@ impl M365Options {
             retry: RetryPolicy::default(),
             since: None,
         }
+    }
+
+    /// The earlier run's cursors.
+    pub(crate) fn previous_cursors(&self) -> impl Iterator<Item = &Value> + '_ {
+        self.since
+            .as_ref()
+            .and_then(|s| s["cursors"].as_array())
+            .into_iter()
+            .flatten()
     }
 
     /// The earlier run's cursor of one drive.
@@ -324,6 +333,10 @@ impl Inner {
             }
         };
         self.state.lock().expect("state").users = users.len() as u64;
+        if let Err(e) = self.users_gone(&users, &tx).await {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
         let mut jobs: Vec<Job> = Vec::new();
         for u in &users {
             if self.options.include.mail {
@@ -351,6 +364,56 @@ impl Inner {
         if let Err(e) = result {
             let _ = tx.send(Err(e)).await;
         }
+    }
+
+    /// Users the earlier run read that the directory no longer has (deleted, not merely
+    /// unlicensed): their mail folders and OneDrive are gone, so each is reported complete
+    /// with nothing in it and a backup marks their items removed. Only when every user is
+    /// read: a narrower selection says nothing about the others.
+    async fn users_gone(&self, users: &[users::User], tx: &Sender) -> Result<()> {
+        if !matches!(self.options.users, UserSelection::All) {
+            return Ok(());
+        }
+        let present: HashSet<String> = {
+            let st = self.state.lock().expect("state");
+            users
+                .iter()
+                .map(|u| u.upn.to_lowercase())
+                .chain(st.users_skipped.iter().map(|u| u.to_lowercase()))
+                .collect()
+        };
+        let mut gone: Vec<(String, String)> = Vec::new();
+        for c in self.options.previous_cursors() {
+            let container = match c["type"].as_str() {
+                Some("mail_folder") => c["folder_id"].as_str(),
+                Some("drive") if c["owner"] == "user" => c["drive_id"].as_str(),
+                _ => None,
+            };
+            let (Some(account), Some(container)) = (c["account"].as_str(), container) else {
+                continue;
+            };
+            if !present.contains(&account.to_lowercase()) {
+                gone.push((account.to_string(), container.to_string()));
+            }
+        }
+        let mut noted = HashSet::new();
+        for (account, container) in gone {
+            if noted.insert(account.clone()) {
+                self.note(format!(
+                    "{account} is no longer in the tenant: its mail and OneDrive are marked removed (earlier runs keep them)"
+                ));
+            }
+            send(
+                tx,
+                ferry_core::Listing::Complete {
+                    system: "m365".into(),
+                    account: Some(account),
+                    container: Some(container),
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn run_job(self: Arc<Self>, job: Job, tx: Sender) -> Result<()> {

@@ -284,10 +284,25 @@ fn filter_users(filter: &str, u: &super::User) -> Option<bool> {
 }
 
 fn users(state: &State, ctx: &Ctx, r: &Req, s: &[&str]) -> Resp {
+    let deleted = state.live.lock().expect("live lock").deleted_users.clone();
+    if let [id, ..] = s {
+        if state
+            .truth
+            .user(id)
+            .is_some_and(|u| deleted.contains(&u.id))
+        {
+            return user_not_found(ctx, id);
+        }
+    }
     match s {
         [] => {
             let mut list = Vec::new();
-            for u in &state.truth.users {
+            for u in state
+                .truth
+                .users
+                .iter()
+                .filter(|u| !deleted.contains(&u.id))
+            {
                 if let Some(f) = r.q("$filter") {
                     match filter_users(f, u) {
                         Some(true) => {}

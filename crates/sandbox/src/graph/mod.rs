@@ -287,6 +287,8 @@ pub(crate) struct Live {
     pub mailboxes: Vec<LiveMailbox>,
     pub drives: Vec<LiveDrive>,
     pub rng: Rng,
+    /// Ids of users deleted from the directory ([`GraphServer::delete_user`]).
+    pub deleted_users: std::collections::HashSet<String>,
 }
 
 struct TokenInfo {
@@ -635,6 +637,7 @@ impl State {
                 mailboxes,
                 drives,
                 rng: Rng::new(seed ^ 0x11FE),
+                deleted_users: Default::default(),
             }),
             tokens: Mutex::new(HashMap::new()),
             token_serial: AtomicU64::new(0),
@@ -1169,6 +1172,16 @@ impl GraphServer {
         });
         touch_ancestors(d, Some(&parent.id), *seq);
         Some(f)
+    }
+
+    /// Deletes a user (id or UPN) from the directory: `/users` no longer lists it and
+    /// `/users/{id}` answers 404. False if unknown.
+    pub fn delete_user(&self, user: &str) -> bool {
+        let Some(u) = self.state.truth.user(user) else {
+            return false;
+        };
+        let mut live = self.state.live.lock().expect("live lock");
+        live.deleted_users.insert(u.id.clone())
     }
 
     /// Adds a folder `name` under `dir` (folder names from the drive root; they must exist).
