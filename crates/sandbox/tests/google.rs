@@ -1086,3 +1086,188 @@ async fn same_seed_same_domain_with_hostile_names() {
         .collect();
     assert!(label_names.contains(&"Økonomi") && label_names.contains(&"Receipts / 2023 a/b"));
 }
+
+#[tokio::test]
+async fn the_changes_feed_pages_masks_and_follows_renames_moves_trash_and_shared_drives() {
+    let g = G::new(GoogleConfig {
+        page_size: 2,
+        ..Default::default()
+    })
+    .await;
+    let truth = g.s.truth().clone();
+    let me = user(&g, 1);
+    let t = g.token(&me, SCOPE_DRIVE).await;
+    let start = g
+        .get(&t, "/drive/v3/changes/startPageToken", &[])
+        .await
+        .json()["startPageToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let docs = file_by_name(&truth, &me, "Documents").clone();
+    let projects = file_by_name(&truth, &me, "Projects").clone();
+    let csv = file_by_name(&truth, &me, "data.csv").clone();
+    let photo = file_by_name(&truth, &me, "photo.jpg").clone();
+    let report = file_by_name(&truth, &me, "report.pdf").clone();
+    assert!(g.s.rename_file(&csv.id, "data (2).csv"));
+    assert!(g.s.move_file(&photo.id, Some(&docs.id)));
+    assert!(g.s.trash_file(&report.id));
+    let folder = g.s.add_folder(&me, Some(&projects.id), "New").unwrap();
+    assert!(folder
+        .path
+        .ends_with(&["Projects".to_string(), "New".to_string()]));
+    assert!(g.s.rename_file(&projects.id, "Projects (old)"));
+    // Not into a folder of its own, nor into another user's drive.
+    assert!(!g.s.move_file(&docs.id, Some(&projects.id)));
+    let other = user(&g, 2);
+    let theirs = file_by_name(&truth, &other, "Documents").clone();
+    assert!(!g.s.move_file(&csv.id, Some(&theirs.id)));
+
+    // Pages of two, the new start token on the last page only; each file's latest change.
+    let fields = "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,file(id,name,parents,trashed,version,modifiedTime,headRevisionId))";
+    let mut token = start.clone();
+    let mut all = Vec::new();
+    let mut pages = 0;
+    let new_start = loop {
+        let r = g
+            .get(
+                &t,
+                &format!("/drive/v3/changes?pageToken={token}&pageSize=2&fields={fields}"),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        pages += 1;
+        all.extend(v["changes"].as_array().unwrap().iter().cloned());
+        match v["nextPageToken"].as_str() {
+            Some(n) => {
+                assert!(v.get("newStartPageToken").is_none());
+                token = n.to_string();
+            }
+            None => break v["newStartPageToken"].as_str().unwrap().to_string(),
+        }
+    };
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = all.iter().map(|c| c["fileId"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [&csv.id, &photo.id, &report.id, &folder.id, &projects.id]
+    );
+    let by = |id: &str| all.iter().find(|c| c["fileId"] == id).unwrap()["file"].clone();
+    let f = by(&csv.id);
+    assert_eq!(f["name"], "data (2).csv");
+    // A rename raises the version, not modifiedTime or the head revision.
+    assert_eq!(f["version"], (csv.version + 1).to_string());
+    assert_eq!(f["modifiedTime"], csv.modified_time.as_str());
+    assert_eq!(
+        f["headRevisionId"].as_str(),
+        csv.head_revision_id.as_deref()
+    );
+    assert_eq!(by(&photo.id)["parents"], json!([docs.id]));
+    assert_eq!(by(&report.id)["trashed"], true);
+    assert_eq!(by(&projects.id)["name"], "Projects (old)");
+    let cur = g.s.current_truth();
+    assert_eq!(
+        cur.file(&folder.id).unwrap().path,
+        ["Documents", "Projects (old)", "New"]
+    );
+    assert_eq!(
+        cur.file(&photo.id).unwrap().path,
+        ["Documents", "photo.jpg"]
+    );
+    // Nothing since the new token; a field a change does not have is refused.
+    let r = g
+        .get(&t, &format!("/drive/v3/changes?pageToken={new_start}"), &[])
+        .await;
+    assert_eq!(r.json()["changes"], json!([]));
+    let r = g
+        .get(
+            &t,
+            &format!("/drive/v3/changes?pageToken={new_start}&fields=changes(bogus)"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.reason(), "invalidParameter");
+
+    // A shared drive's feed: its own changes only, with driveId and supportsAllDrives.
+    let d = truth
+        .shared_drives
+        .iter()
+        .find(|d| d.members.contains(&me))
+        .unwrap()
+        .clone();
+    let q = format!(
+        "driveId={}&includeItemsFromAllDrives=true&supportsAllDrives=true",
+        d.id
+    );
+    let dstart = g
+        .get(&t, &format!("/drive/v3/changes/startPageToken?{q}"), &[])
+        .await
+        .json()["startPageToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let added = g.s.add_file(&me, Some(&d.id), "team.bin", 10).unwrap();
+    g.s.add_file(&me, None, "mine.bin", 10).unwrap();
+    let r = g
+        .get(
+            &t,
+            &format!("/drive/v3/changes?pageToken={dstart}&{q}&fields=*"),
+            &[],
+        )
+        .await;
+    let v = r.json();
+    assert_eq!(v["changes"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["changes"][0]["fileId"], added.id);
+    assert_eq!(v["changes"][0]["driveId"], d.id);
+    let r = g
+        .get(
+            &t,
+            &format!("/drive/v3/changes?pageToken={dstart}&driveId={}", d.id),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "a shared drive's feed needs supportsAllDrives"
+    );
+    // My Drive's feed leaves the shared drive's change out.
+    let r = g
+        .get(
+            &t,
+            &format!("/drive/v3/changes?pageToken={new_start}&fields=*"),
+            &[],
+        )
+        .await;
+    let names: Vec<String> = r.json()["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["mine.bin"]);
+
+    // Tokens made unusable: 400 invalid at pageToken; a fresh token works.
+    g.s.invalidate_change_tokens();
+    let r = g
+        .get(&t, &format!("/drive/v3/changes?pageToken={new_start}"), &[])
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.reason(), "invalid");
+    assert_eq!(r.json()["error"]["errors"][0]["location"], "pageToken");
+    let fresh = g
+        .get(&t, "/drive/v3/changes/startPageToken", &[])
+        .await
+        .json()["startPageToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(fresh, new_start);
+    let r = g
+        .get(&t, &format!("/drive/v3/changes?pageToken={fresh}"), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(g.s.stats().changes_pages >= 6);
+}

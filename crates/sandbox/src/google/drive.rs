@@ -872,6 +872,7 @@ fn get(state: &State, r: &Req, id: &str) -> Resp {
     if r.q("alt").is_some_and(|a| a != "json") {
         return invalid_param("alt");
     }
+    bump(&state.c.files_get);
     let mask = match mask_for(r, "kind,id,name,mimeType", FILE_FIELDS, &[]) {
         Ok(m) => m,
         Err(e) => return e,
@@ -893,7 +894,7 @@ fn download(state: &State, r: &Req, f: &GFile) -> Resp {
     if f.size.is_none() {
         return not_downloadable();
     }
-    if state.cfg.faults.fail_file_always.as_deref() == Some(f.name.as_str()) {
+    if state.failing.lock().expect("failing lock").1.as_deref() == Some(f.name.as_str()) {
         return gerr(500, "internalError", "Internal Error").resp();
     }
     let len = f.content.len;
@@ -1195,9 +1196,24 @@ fn start_page_token(state: &State, r: &Req) -> Resp {
     let live = state.live.lock().expect("live lock");
     json_resp(
         200,
-        &json!({"kind": "drive#startPageToken", "startPageToken": (live.change_seq + 1).to_string()}),
+        &json!({"kind": "drive#startPageToken", "startPageToken": live.change_token(live.change_seq + 1)}),
     )
 }
+
+/// The fields of a `drive#change`.
+const CHANGE_FIELDS: &[&str] = &[
+    "kind",
+    "changeType",
+    "time",
+    "removed",
+    "fileId",
+    "file",
+    "driveId",
+    "drive",
+    "teamDriveId",
+    "teamDrive",
+    "type",
+];
 
 fn changes(state: &State, r: &Req) -> Resp {
     let v = View::new(state, r);
@@ -1223,11 +1239,27 @@ fn changes(state: &State, r: &Req) -> Resp {
         Ok(m) => m,
         Err(e) => return e,
     };
+    // The fields of a change itself.
+    if let Mask::Some(top) = &mask {
+        if let Some(Mask::Some(change)) = top.get("changes") {
+            if let Some(k) = change.keys().find(|k| !CHANGE_FIELDS.contains(&k.as_str())) {
+                return gerr(
+                    400,
+                    "invalidParameter",
+                    format!("Invalid field selection {k}"),
+                )
+                .param("fields")
+                .resp();
+            }
+        }
+    }
     let include_removed = r.q("includeRemoved") != Some("false");
     let my_drive_only = r.flag("restrictToMyDrive");
     let live = state.live.lock().expect("live lock");
-    let start = match token.parse::<u64>() {
-        Ok(n) if n >= 1 && n <= live.change_seq + 1 => n,
+    // Drive's tokens are opaque and do not expire; one it rejects (here: unknown, or issued
+    // before `invalidate_change_tokens`) is 400 `invalid` at `pageToken`.
+    let start = match live.read_change_token(token) {
+        Some(n) if n >= 1 && n <= live.change_seq + 1 => n,
         _ => return invalid_param("pageToken"),
     };
     // The latest change of each file at or after the token, in change order.
@@ -1279,9 +1311,9 @@ fn changes(state: &State, r: &Req) -> Resp {
         .collect();
     let mut body = json!({"kind": "drive#changeList", "changes": out});
     if items.len() > page.len() {
-        body["nextPageToken"] = json!(live.changes[items[page.len()]].seq.to_string());
+        body["nextPageToken"] = json!(live.change_token(live.changes[items[page.len()]].seq));
     } else {
-        body["newStartPageToken"] = json!((live.change_seq + 1).to_string());
+        body["newStartPageToken"] = json!(live.change_token(live.change_seq + 1));
     }
     json_resp(200, &apply(&body, &mask))
 }

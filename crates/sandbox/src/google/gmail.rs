@@ -233,7 +233,7 @@ fn get(state: &State, r: &Req, mb: &LiveMailbox, id: &str) -> Resp {
     let Some(m) = live_msgs(mb).find(|m| m.id == id) else {
         return not_found();
     };
-    if state.cfg.faults.fail_message_always.as_deref() == Some(m.subject.as_str()) {
+    if state.failing.lock().expect("failing lock").0.as_deref() == Some(m.subject.as_str()) {
         return gerr(500, "backendError", "Backend Error").resp();
     }
     let format = r.q("format").unwrap_or("full");

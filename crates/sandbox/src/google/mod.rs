@@ -57,7 +57,14 @@
 //! folders, shortcuts, forms), `files/{id}/export` (10 MB limit → 403
 //! `exportSizeLimitExceeded`), the `exportLinks` URLs under `/feeds/download/…` (no limit),
 //! `drives` (`useDomainAdminAccess` for the admin), `drives/{id}`, `changes/startPageToken`,
-//! `changes`. Shared-drive items without `supportsAllDrives=true` → 404. The suspended user → 403
+//! `changes` (…/guides/manage-changes: each file's latest change since the token, in change
+//! order, `nextPageToken` while more follow and `newStartPageToken` on the last page;
+//! `removed: true` without `file` for deletions, trashing is a change of the file; `driveId`
+//! with `supportsAllDrives=true` for a shared drive's feed, `includeItemsFromAllDrives` to add
+//! member drives to a user's; `includeRemoved`, `restrictToMyDrive`; `fields` checked for the
+//! change and its file; a rejected token → 400 `invalid` at `pageToken`). Metadata changes
+//! (rename, move, trash) raise `version` but not `modifiedTime` or `headRevisionId`.
+//! Shared-drive items without `supportsAllDrives=true` → 404. The suspended user → 403
 //! `forbidden` "The user has been suspended."
 //!
 //! - `GET /_sandbox/stats` (no token): the [`GoogleStats`], configured limits and the seeded
@@ -217,9 +224,11 @@ pub struct GoogleFaults {
     pub truncate_every: u64,
     /// Every Nth `alt=media` download flips one byte; 0 = never.
     pub corrupt_every: u64,
-    /// A subject whose messages' `messages.get` always answers 500 `backendError`.
+    /// A subject whose messages' `messages.get` always answers 500 `backendError` (changed
+    /// later by [`GoogleServer::set_failing`]).
     pub fail_message_always: Option<String>,
-    /// A Drive file name whose `alt=media` always answers 500.
+    /// A Drive file name whose `alt=media` always answers 500 (changed later by
+    /// [`GoogleServer::set_failing`]).
     pub fail_file_always: Option<String>,
     /// At every multiple of N API requests, every token issued so far is revoked (→ 401).
     pub expire_tokens_after_requests: u64,
@@ -262,6 +271,8 @@ pub struct GoogleStats {
     pub files_list_pages: u64,
     /// `changes.list` pages answered.
     pub changes_pages: u64,
+    /// `files.get` calls answered with metadata (not `alt=media`).
+    pub files_get: u64,
     /// Directory `users.list` pages answered.
     pub directory_pages: u64,
 }
@@ -285,6 +296,7 @@ struct Counters {
     history_pages: AtomicU64,
     files_list_pages: AtomicU64,
     changes_pages: AtomicU64,
+    files_get: AtomicU64,
     directory_pages: AtomicU64,
 }
 
@@ -340,10 +352,31 @@ pub(crate) struct Live {
     pub files: Vec<LiveFile>,
     pub changes: Vec<Change>,
     pub change_seq: u64,
+    /// Changes page tokens of earlier epochs are refused.
+    pub change_epoch: u64,
     pub rng: Rng,
 }
 
 impl Live {
+    /// The changes page token for change number `seq` (`<seq>`, or `<epoch>.<seq>` once
+    /// tokens were invalidated).
+    pub fn change_token(&self, seq: u64) -> String {
+        match self.change_epoch {
+            0 => seq.to_string(),
+            e => format!("{e}.{seq}"),
+        }
+    }
+
+    /// The change number of a token of the current epoch.
+    pub fn read_change_token(&self, token: &str) -> Option<u64> {
+        let (epoch, seq) = match token.split_once('.') {
+            Some((e, s)) => (e.parse().ok()?, s),
+            None => (0, token),
+        };
+        (epoch == self.change_epoch).then_some(())?;
+        seq.parse().ok()
+    }
+
     pub fn file(&self, id: &str) -> Option<&GFile> {
         self.files
             .iter()
@@ -371,6 +404,8 @@ pub(crate) struct State {
     throttle_hits: AtomicU64,
     pub download_count: AtomicU64,
     pub media_count: AtomicU64,
+    /// The message subject and file name that always fail, from the faults until changed.
+    pub failing: Mutex<(Option<String>, Option<String>)>,
     fault_rng: Mutex<Rng>,
     pub secret: u64,
     public_key: Vec<u8>,
@@ -681,6 +716,7 @@ impl State {
                     })
                     .collect(),
                 change_seq: changes.len() as u64,
+                change_epoch: 0,
                 changes,
                 rng: Rng::new(seed ^ 0x6A11E),
             }),
@@ -691,6 +727,10 @@ impl State {
             throttle_hits: AtomicU64::new(0),
             download_count: AtomicU64::new(0),
             media_count: AtomicU64::new(0),
+            failing: Mutex::new((
+                cfg.faults.fail_message_always.clone(),
+                cfg.faults.fail_file_always.clone(),
+            )),
             fault_rng: Mutex::new(Rng::new(seed ^ 0xFA17)),
             secret: key_of(seed, "google-sandbox-secret"),
             public_key,
@@ -722,6 +762,7 @@ impl State {
             history_pages: g(&c.history_pages),
             files_list_pages: g(&c.files_list_pages),
             changes_pages: g(&c.changes_pages),
+            files_get: g(&c.files_get),
             directory_pages: g(&c.directory_pages),
         }
     }
@@ -756,6 +797,7 @@ impl State {
                 "history_pages": s.history_pages,
                 "files_list_pages": s.files_list_pages,
                 "changes_pages": s.changes_pages,
+                "files_get": s.files_get,
                 "directory_pages": s.directory_pages,
             },
             "limits": {
@@ -1091,6 +1133,15 @@ impl GoogleServer {
         true
     }
 
+    /// From now on, `messages.get` of messages with this subject and `alt=media` of files of
+    /// this name always answer 500 (None: none fail), whatever the faults said.
+    pub fn set_failing(&self, message_subject: Option<&str>, file_name: Option<&str>) {
+        *self.state.failing.lock().expect("failing lock") = (
+            message_subject.map(str::to_string),
+            file_name.map(str::to_string),
+        );
+    }
+
     /// Makes every history id issued so far too old: `history.list` with an older
     /// `startHistoryId` answers 404.
     pub fn invalidate_history(&self) {
@@ -1110,26 +1161,32 @@ impl GoogleServer {
         name: &str,
         size: u64,
     ) -> Option<GFile> {
+        self.add_item(owner_email, parent_id, name, Some(size))
+    }
+
+    /// Adds a folder owned by `owner_email` in `parent_id` (as for [`GoogleServer::add_file`]).
+    /// It appears in `changes.list`. None if the owner or parent is unknown.
+    pub fn add_folder(
+        &self,
+        owner_email: &str,
+        parent_id: Option<&str>,
+        name: &str,
+    ) -> Option<GFile> {
+        self.add_item(owner_email, parent_id, name, None)
+    }
+
+    /// A binary file (`size`) or a folder (None).
+    fn add_item(
+        &self,
+        owner_email: &str,
+        parent_id: Option<&str>,
+        name: &str,
+        size: Option<u64>,
+    ) -> Option<GFile> {
         let owner = self.state.truth.user(owner_email)?.clone();
         let seed = self.state.cfg.seed;
         let mut live = self.state.live.lock().expect("live lock");
-        let (parent, drive_id, mut path) = match parent_id {
-            None => (owner.root_folder_id.clone(), None, Vec::new()),
-            Some(p) if p == owner.root_folder_id || p == "root" => {
-                (owner.root_folder_id.clone(), None, Vec::new())
-            }
-            Some(p) => {
-                if let Some(d) = self.state.truth.shared_drive(p) {
-                    (d.id.clone(), Some(d.id.clone()), Vec::new())
-                } else {
-                    let f = live.file(p).filter(|f| f.is_folder())?;
-                    if f.drive_id.is_none() && f.owner.as_deref() != Some(owner.email.as_str()) {
-                        return None;
-                    }
-                    (f.id.clone(), f.drive_id.clone(), f.path.clone())
-                }
-            }
-        };
+        let (parent, drive_id, mut path) = self.place(&live, &owner, parent_id)?;
         path.push(name.to_string());
         let id = domain::file_id(&mut live.rng);
         let now = now_ms();
@@ -1154,18 +1211,49 @@ impl GoogleServer {
             path,
             content: ContentSpec {
                 key: key_of(seed, &id) ^ 1,
-                len: size,
+                len: size.unwrap_or(0),
                 kind: ContentKind::Binary,
             },
             export_len: None,
         };
-        domain::set_binary_meta(&mut f, seed, false);
+        match size {
+            Some(_) => domain::set_binary_meta(&mut f, seed, false),
+            None => f.mime_type = FOLDER.into(),
+        }
         live.files.push(LiveFile {
             f: f.clone(),
             deleted: false,
         });
         record_change(&mut live, &id, false, now);
         Some(f)
+    }
+
+    /// Where a new item of `owner` goes: (parent id, shared drive id, folder path) for
+    /// `parent_id` — their My Drive root (None, `root` or its id), one of their folders, a
+    /// shared drive or one of its folders.
+    fn place(
+        &self,
+        live: &Live,
+        owner: &GUser,
+        parent_id: Option<&str>,
+    ) -> Option<(String, Option<String>, Vec<String>)> {
+        Some(match parent_id {
+            None => (owner.root_folder_id.clone(), None, Vec::new()),
+            Some(p) if p == owner.root_folder_id || p == "root" => {
+                (owner.root_folder_id.clone(), None, Vec::new())
+            }
+            Some(p) => {
+                if let Some(d) = self.state.truth.shared_drive(p) {
+                    (d.id.clone(), Some(d.id.clone()), Vec::new())
+                } else {
+                    let f = live.file(p).filter(|f| f.is_folder())?;
+                    if f.drive_id.is_none() && f.owner.as_deref() != Some(owner.email.as_str()) {
+                        return None;
+                    }
+                    (f.id.clone(), f.drive_id.clone(), f.path.clone())
+                }
+            }
+        })
     }
 
     /// Gives a file new content (binary: new bytes of the same size, checksums and revision;
@@ -1193,6 +1281,105 @@ impl GoogleServer {
         true
     }
 
+    /// Renames a file or folder (the paths under a folder follow). Like Drive, a metadata
+    /// change raises `version`; `modifiedTime`, content and `headRevisionId` stay. False if not
+    /// found.
+    pub fn rename_file(&self, file_id: &str, new_name: &str) -> bool {
+        self.change_metadata(file_id, |f, _| {
+            f.name = new_name.to_string();
+            true
+        })
+    }
+
+    /// Moves a file or folder to `new_parent` in the same drive (None: the root of its My Drive
+    /// or shared drive); the paths under a folder follow, `version` rises as for a rename.
+    /// False if either is not found, the parent is in another drive, or under the item itself.
+    pub fn move_file(&self, file_id: &str, new_parent: Option<&str>) -> bool {
+        self.change_metadata(file_id, |f, live| {
+            let root = match (&f.drive_id, &f.owner) {
+                (Some(d), _) => d.clone(),
+                (None, Some(o)) => match self.state.truth.user(o) {
+                    Some(u) => u.root_folder_id.clone(),
+                    None => return false,
+                },
+                (None, None) => return false,
+            };
+            let parent = match new_parent {
+                None => root,
+                Some(p) if p == root || p == "root" => root,
+                Some(p) => {
+                    let Some(target) = live.file(p).filter(|t| t.is_folder()) else {
+                        return false;
+                    };
+                    if target.drive_id != f.drive_id
+                        || (f.drive_id.is_none() && target.owner != f.owner)
+                    {
+                        return false;
+                    }
+                    // Not into itself or one of its own folders.
+                    let mut at = Some(target.id.clone());
+                    while let Some(id) = at {
+                        if id == f.id {
+                            return false;
+                        }
+                        at = live.file(&id).and_then(|x| x.parents.first().cloned());
+                    }
+                    target.id.clone()
+                }
+            };
+            f.parents = vec![parent];
+            true
+        })
+    }
+
+    /// Moves a file or folder to the trash (with everything in a folder: Drive trashes the
+    /// contents too, and reports each). False if not found.
+    pub fn trash_file(&self, file_id: &str) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        if live.file(file_id).is_none() {
+            return false;
+        }
+        let doomed = subtree(&live, file_id);
+        let now = now_ms();
+        for l in live.files.iter_mut() {
+            if !l.deleted && doomed.contains(&l.f.id) && !l.f.trashed {
+                l.f.trashed = true;
+                l.f.version += 1;
+            }
+        }
+        for id in doomed {
+            record_change(&mut live, &id, false, now);
+        }
+        true
+    }
+
+    /// Applies a metadata change to a file or folder (`change` says whether it applied), raises
+    /// its version, records the change and recomputes the paths.
+    fn change_metadata(
+        &self,
+        file_id: &str,
+        change: impl FnOnce(&mut GFile, &Live) -> bool,
+    ) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        let Some(mut f) = live.file(file_id).cloned() else {
+            return false;
+        };
+        if !change(&mut f, &live) {
+            return false;
+        }
+        f.version += 1;
+        if let Some(l) = live
+            .files
+            .iter_mut()
+            .find(|l| !l.deleted && l.f.id == file_id)
+        {
+            l.f = f;
+        }
+        recompute_paths(&mut live);
+        record_change(&mut live, file_id, false, now_ms());
+        true
+    }
+
     /// Deletes a file permanently (a folder with everything in it); `changes.list` reports
     /// `removed: true`. False if not found.
     pub fn delete_file(&self, file_id: &str) -> bool {
@@ -1200,17 +1387,7 @@ impl GoogleServer {
         if live.file(file_id).is_none() {
             return false;
         }
-        let mut doomed = vec![file_id.to_string()];
-        let mut grew = true;
-        while grew {
-            grew = false;
-            for l in live.files.iter().filter(|l| !l.deleted) {
-                if !doomed.contains(&l.f.id) && l.f.parents.iter().any(|p| doomed.contains(p)) {
-                    doomed.push(l.f.id.clone());
-                    grew = true;
-                }
-            }
-        }
+        let doomed = subtree(&live, file_id);
         let now = now_ms();
         for l in live.files.iter_mut() {
             if doomed.contains(&l.f.id) {
@@ -1221,6 +1398,62 @@ impl GoogleServer {
             record_change(&mut live, &id, true, now);
         }
         true
+    }
+
+    /// Makes every changes page token issued so far unusable: `changes.list` answers them
+    /// 400 `invalid` at `pageToken`, as Drive answers a token it rejects.
+    pub fn invalidate_change_tokens(&self) {
+        let mut live = self.state.live.lock().expect("live lock");
+        live.change_epoch += 1;
+    }
+}
+
+/// The item and everything under it (live items only).
+fn subtree(live: &Live, id: &str) -> Vec<String> {
+    let mut out = vec![id.to_string()];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for l in live.files.iter().filter(|l| !l.deleted) {
+            if !out.contains(&l.f.id) && l.f.parents.iter().any(|p| out.contains(p)) {
+                out.push(l.f.id.clone());
+                grew = true;
+            }
+        }
+    }
+    out
+}
+
+/// Each live item's `path` from its drive's root again, after a rename or move.
+fn recompute_paths(live: &mut Live) {
+    let index: HashMap<String, (String, Option<String>)> = live
+        .files
+        .iter()
+        .filter(|l| !l.deleted)
+        .map(|l| {
+            (
+                l.f.id.clone(),
+                (l.f.name.clone(), l.f.parents.first().cloned()),
+            )
+        })
+        .collect();
+    for l in live.files.iter_mut().filter(|l| !l.deleted) {
+        let mut path = vec![l.f.name.clone()];
+        let mut at = l.f.parents.first().cloned();
+        let mut guard = 0;
+        while let Some(p) = at {
+            let Some((name, parent)) = index.get(&p) else {
+                break;
+            };
+            guard += 1;
+            if guard > index.len() {
+                break;
+            }
+            path.push(name.clone());
+            at = parent.clone();
+        }
+        path.reverse();
+        l.f.path = path;
     }
 }
 
