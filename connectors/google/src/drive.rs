@@ -1,11 +1,16 @@
-//! Drive: each user's My Drive and every shared drive. The changes start page token is read
-//! *before* a drive is listed (the cursor for incremental runs); folders are listed first, so
-//! every file's path is known when the file is handed on (memory grows with folders, not
-//! files). Binary files are streamed and checked against `sha256Checksum` (else
-//! `md5Checksum`) and resume by range; Google Docs, Sheets, Slides and Drawings are exported
-//! through their `exportLinks` (no 10 MB limit, unlike `files.export`) to each requested format;
-//! shortcuts are recorded, not followed; a file owned by another exported user is archived once,
-//! under its owner, and recorded as a reference elsewhere.
+//! Drive: each user's My Drive and every shared drive. A drive is read from the last run's
+//! changes token when it can (`changes.list`: only what changed; deletions, trashing and moves
+//! out of the drive become removals), else listed whole: folders first, so every file's path is
+//! known when the file is handed on (memory grows with folders, not files), after reading the
+//! changes token for the next run. The folder map the listing built is saved beside the token,
+//! so changed files get the same paths as a whole listing would give them; a folder renamed,
+//! moved, trashed or deleted (which changes the paths of files the feed does not list), a token
+//! Drive refuses, or other options than the last run's make the drive listed whole again.
+//! Binary files are streamed and checked against `sha256Checksum` (else `md5Checksum`) and
+//! resume by range; Google Docs, Sheets, Slides and Drawings are exported through their
+//! `exportLinks` (no 10 MB limit, unlike `files.export`) to each requested format; shortcuts are
+//! recorded, not followed; a file owned by another exported user is archived once, under its
+//! owner, and recorded as a reference elsewhere.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -176,7 +181,7 @@ pub(crate) async fn list_shared_drive(
 ) -> Result<()> {
     let target = Target {
         subject: d.member.clone(),
-        account: format!("shared-drive:{}", d.name),
+        account: shared_drive_account(&d.name),
         container: d.id.clone(),
         kind: "shared_drive",
         prefix: vec![
@@ -194,6 +199,11 @@ pub(crate) async fn list_shared_drive(
     list_target(inner, target, tx).await
 }
 
+/// The `account` of a shared drive's items.
+fn shared_drive_account(name: &str) -> String {
+    format!("shared-drive:{name}")
+}
+
 async fn list_target(inner: &Arc<Inner>, target: Target, tx: &Sender) -> Result<()> {
     let mut record = DriveRecord {
         account: target.account.clone(),
@@ -205,20 +215,14 @@ async fn list_target(inner: &Arc<Inner>, target: Target, tx: &Sender) -> Result<
         exports: 0,
         references: 0,
         listing_failed: false,
+        incremental: false,
+        listed_whole_because: None,
+        removed: 0,
+        cursor: None,
+        retry_cursor: None,
     };
-    let listed = list_files(inner, &target, tx, &mut record).await;
-    if listed.is_ok() {
-        // Listed whole: a file an earlier backup run had and this one did not list is gone.
-        send(
-            tx,
-            Listing::Complete {
-                system: "google".into(),
-                account: Some(target.account.clone()),
-                container: Some(target.container.clone()),
-            },
-        )
-        .await?;
-    }
+    let previous = previous_cursor(inner, &target);
+    let listed = list_drive(inner, &target, previous.as_ref(), tx, &mut record).await;
     if let Err(e) = listed {
         if e.is_fatal() {
             return Err(e);
@@ -241,10 +245,109 @@ async fn list_target(inner: &Arc<Inner>, target: Target, tx: &Sender) -> Result<
     Ok(())
 }
 
+/// Lists a drive from the last run's cursor when it allows (only what changed), else whole.
+/// The record gets the cursor for the next run, and the one to save instead when this run
+/// has failures (the last run's, so that the same changes are read again; none after a
+/// whole listing, so that the next run lists whole again).
+async fn list_drive(
+    inner: &Arc<Inner>,
+    target: &Target,
+    previous: Option<&DriveCursor>,
+    tx: &Sender,
+    record: &mut DriveRecord,
+) -> Result<()> {
+    let why = match previous {
+        None => "no changes token from an earlier run".to_string(),
+        Some(p) => match p.unusable(inner, target) {
+            Some(why) => why,
+            None => {
+                record.incremental = true;
+                record.retry_cursor = Some(p.raw.clone());
+                match read_changes(inner, target, p).await? {
+                    Feed::Changes {
+                        entries,
+                        folders,
+                        token,
+                    } => {
+                        record.folders = folders.len() as u64;
+                        send_changes(inner, target, entries, &folders, tx, record).await?;
+                        record.cursor = Some(cursor_value(
+                            inner,
+                            target,
+                            &token,
+                            &folders,
+                            time::OffsetDateTime::now_utc(),
+                        ));
+                        return Ok(());
+                    }
+                    Feed::Whole(why) => why,
+                    Feed::DriveGone => {
+                        let id = target.drive_id.as_deref().unwrap_or_default();
+                        if drive_exists(inner, id).await == Some(false) {
+                            // Deleted: every file the repository holds of it is gone.
+                            inner.note(format!(
+                                "the shared drive {:?} ({id}) has been deleted: its files are marked removed",
+                                record.name
+                            ));
+                            record.incremental = false;
+                            record.retry_cursor = None;
+                            return send_complete(tx, &target.account, &target.container).await;
+                        }
+                        "the changes feed says the shared drive was removed from view".into()
+                    }
+                }
+            }
+        },
+    };
+    record.incremental = false;
+    record.retry_cursor = None;
+    tracing::info!("{}: listing the drive whole: {why}", target.account);
+    record.listed_whole_because = Some(why);
+    let listed = list_files(inner, target, tx, record).await?;
+    // Listed whole: a file an earlier backup run had and this one did not list is gone.
+    send_complete(tx, &target.account, &target.container).await?;
+    if let Some(p) = previous.filter(|p| p.account != target.account) {
+        // A renamed shared drive: its files were listed under the new name.
+        send_complete(tx, &p.account, &target.container).await?;
+    }
+    record.cursor = Some(cursor_value(
+        inner,
+        target,
+        &listed.token,
+        &listed.folders,
+        listed.token_read_at,
+    ));
+    Ok(())
+}
+
+async fn send_complete(tx: &Sender, account: &str, container: &str) -> Result<()> {
+    send(
+        tx,
+        Listing::Complete {
+            system: "google".into(),
+            account: Some(account.to_string()),
+            container: Some(container.to_string()),
+        },
+    )
+    .await
+}
+
 /// A folder: its name and parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Folder {
     name: String,
     parent: Option<String>,
+}
+
+/// A drive's folders by id.
+type Folders = HashMap<String, Folder>;
+
+/// What a whole listing read besides the items.
+struct Listed {
+    /// The changes token read before the listing.
+    token: String,
+    token_read_at: time::OffsetDateTime,
+    folders: Folders,
 }
 
 async fn list_files(
@@ -252,7 +355,7 @@ async fn list_files(
     target: &Target,
     tx: &Sender,
     record: &mut DriveRecord,
-) -> Result<()> {
+) -> Result<Listed> {
     let g = &inner.google;
     let subject = target.subject.as_str();
     let drive = &g.endpoints.drive;
@@ -261,6 +364,7 @@ async fn list_files(
     if let Some(id) = &target.drive_id {
         token_url.push_str(&format!("&driveId={}", ferry_http::query_value(id)));
     }
+    let token_read_at = time::OffsetDateTime::now_utc();
     let token = g
         .get_json(
             &token_url,
@@ -269,13 +373,15 @@ async fn list_files(
             &format!("reading the changes token of {}", target.account),
         )
         .await?;
-    inner.cursor(json!({
-        "type": "drive_changes",
-        "account": target.account,
-        "drive": target.container,
-        "drive_id": target.drive_id,
-        "start_page_token": token["startPageToken"],
-    }));
+    let token = token["startPageToken"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Error::transient(format!(
+                "reading the changes token of {}: Drive sent no startPageToken",
+                target.account
+            ))
+        })?;
     let trashed = if inner.options.include_trashed {
         String::new()
     } else {
@@ -291,7 +397,7 @@ async fn list_files(
         )
     };
     // Folders first: every file's path is then known when it is listed.
-    let mut folders: HashMap<String, Folder> = HashMap::new();
+    let mut folders: Folders = HashMap::new();
     let what = format!("listing the folders of {}", target.account);
     let mut pages = g.pages(
         list_url(
@@ -305,13 +411,7 @@ async fn list_files(
     while let Some(page) = pages.next_page().await? {
         for f in page["files"].as_array().into_iter().flatten() {
             let Some(id) = f["id"].as_str() else { continue };
-            folders.insert(
-                id.to_string(),
-                Folder {
-                    name: f["name"].as_str().unwrap_or(id).to_string(),
-                    parent: f["parents"][0].as_str().map(str::to_string),
-                },
-            );
+            folders.insert(id.to_string(), folder_of(f, id));
         }
     }
     record.folders = folders.len() as u64;
@@ -338,12 +438,520 @@ async fn list_files(
             }
         }
     }
+    Ok(Listed {
+        token,
+        token_read_at,
+        folders,
+    })
+}
+
+fn folder_of(f: &Value, id: &str) -> Folder {
+    Folder {
+        name: f["name"].as_str().unwrap_or(id).to_string(),
+        parent: f["parents"][0].as_str().map(str::to_string),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Incremental listings: the changes feed (developers.google.com/drive/api/guides/manage-changes).
+
+/// What an earlier run saved about one drive (`drive_changes` in run details' `cursors`).
+struct DriveCursor {
+    /// As saved.
+    raw: Value,
+    /// The items' `account` then (a shared drive's changes with its name).
+    account: String,
+    token: Option<String>,
+    folders: Option<Folders>,
+    include_trashed: Option<bool>,
+    export_formats: Option<Vec<String>>,
+    token_read_at: Option<time::OffsetDateTime>,
+}
+
+/// The earlier run's cursor of a drive: a shared drive's by its id (its name may have
+/// changed), a My Drive's by its user.
+fn previous_cursor(inner: &Inner, target: &Target) -> Option<DriveCursor> {
+    let cursors = inner.options.since.as_ref()?.get("cursors")?.as_array()?;
+    let raw = cursors.iter().find(|c| {
+        c["type"] == "drive_changes"
+            && match &target.drive_id {
+                Some(id) => c["drive_id"].as_str() == Some(id),
+                None => {
+                    c["drive_id"].is_null()
+                        && c["drive"] == target.container.as_str()
+                        && c["account"]
+                            .as_str()
+                            .is_some_and(|a| a.eq_ignore_ascii_case(&target.account))
+                }
+            }
+    })?;
+    Some(DriveCursor::parse(raw))
+}
+
+/// Shared drives an earlier run listed that are not among this run's: each one's cursor.
+pub(crate) fn vanished_shared_drives(inner: &Inner, drives: &[SharedDrive]) -> Vec<Value> {
+    let Some(cursors) = inner
+        .options
+        .since
+        .as_ref()
+        .and_then(|s| s.get("cursors"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    cursors
+        .iter()
+        .filter(|c| c["type"] == "drive_changes")
+        .filter(|c| {
+            c["drive_id"]
+                .as_str()
+                .is_some_and(|id| !drives.iter().any(|d| d.id == id))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A shared drive an earlier run backed up and this run's users cannot see: deleted (its
+/// files are then removed), or still there (they stay, and so does its cursor).
+pub(crate) async fn vanished_shared_drive(
+    inner: &Arc<Inner>,
+    cursor: &Value,
+    tx: &Sender,
+) -> Result<()> {
+    let (Some(id), Some(account)) = (cursor["drive_id"].as_str(), cursor["account"].as_str())
+    else {
+        return Ok(());
+    };
+    let name = account.strip_prefix("shared-drive:").unwrap_or(account);
+    match drive_exists(inner, id).await {
+        Some(false) => {
+            inner.note(format!(
+                "the shared drive {name:?} ({id}) has been deleted since the last run: its files are marked removed"
+            ));
+            send_complete(tx, account, id).await
+        }
+        found => {
+            inner.note(format!(
+                "the shared drive {name:?} ({id}) was backed up before, but {}: its files stay as the last run saved them",
+                if found == Some(true) {
+                    "none of the exported users can read it now"
+                } else {
+                    "it could not be found now, nor checked as the administrator"
+                }
+            ));
+            inner.cursor(cursor.clone());
+            Ok(())
+        }
+    }
+}
+
+/// Whether a shared drive exists, asked as the administrator (None: could not tell).
+async fn drive_exists(inner: &Inner, id: &str) -> Option<bool> {
+    let url = format!(
+        "{}/drives/{}?useDomainAdminAccess=true&fields=id",
+        inner.google.endpoints.drive,
+        ferry_http::segment(id)
+    );
+    match inner
+        .google
+        .get_json(
+            &url,
+            &inner.options.admin,
+            Api::Drive,
+            &format!("checking whether the shared drive {id} exists"),
+        )
+        .await
+    {
+        Ok(_) => Some(true),
+        Err(e) if e.status == Some(404) => Some(false),
+        Err(_) => None,
+    }
+}
+
+impl DriveCursor {
+    fn parse(raw: &Value) -> DriveCursor {
+        DriveCursor {
+            raw: raw.clone(),
+            account: raw["account"].as_str().unwrap_or_default().to_string(),
+            token: match &raw["start_page_token"] {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            },
+            folders: decode_folders(&raw["folders"]),
+            include_trashed: raw["include_trashed"].as_bool(),
+            export_formats: raw["export_formats"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            }),
+            token_read_at: crate::parse_time(&raw["token_read_at"]),
+        }
+    }
+
+    /// Why the drive cannot be read from this cursor (None: it can).
+    fn unusable(&self, inner: &Inner, target: &Target) -> Option<String> {
+        let o = &inner.options;
+        let formats: Vec<String> = o
+            .export_formats
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        if self.token.is_none() {
+            Some("the last run saved no changes token (its listing of this drive failed)".into())
+        } else if self.folders.is_none() {
+            Some("the last run saved no folder map (an earlier version of ferry)".into())
+        } else if self.include_trashed != Some(o.include_trashed)
+            || self.export_formats.as_ref() != Some(&formats)
+        {
+            Some("--include-trashed or --export-formats differ from the last run".into())
+        } else if self.account != target.account {
+            Some(format!(
+                "the shared drive was renamed (it was {:?})",
+                self.account
+                    .strip_prefix("shared-drive:")
+                    .unwrap_or(&self.account)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The cursor the next run starts from: the changes token, what decides the items' keys (the
+/// folder map, the options that change names), and when the token was read.
+fn cursor_value(
+    inner: &Inner,
+    target: &Target,
+    token: &str,
+    folders: &Folders,
+    token_read_at: time::OffsetDateTime,
+) -> Value {
+    json!({
+        "type": "drive_changes",
+        "account": target.account,
+        "drive": target.container,
+        "drive_id": target.drive_id,
+        "start_page_token": token,
+        "token_read_at": token_read_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "include_trashed": inner.options.include_trashed,
+        "export_formats": inner.options.export_formats.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "folders": encode_folders(folders),
+    })
+}
+
+/// The folder map as `[[id, name, parent], …]` in id order, where `parent` is the index of
+/// the parent folder in the list, or the parent's id when it is not a folder of the map (the
+/// drive's root, a folder out of view), or null.
+fn encode_folders(folders: &Folders) -> Value {
+    let mut ids: Vec<&String> = folders.keys().collect();
+    ids.sort();
+    let index: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    Value::Array(
+        ids.iter()
+            .map(|id| {
+                let f = &folders[*id];
+                let parent = match f.parent.as_deref() {
+                    Some(p) => match index.get(p) {
+                        Some(&i) => json!(i),
+                        None => json!(p),
+                    },
+                    None => Value::Null,
+                };
+                json!([id, f.name, parent])
+            })
+            .collect(),
+    )
+}
+
+/// Reads [`encode_folders`]' form back (None: absent or malformed).
+fn decode_folders(v: &Value) -> Option<Folders> {
+    let list = v.as_array()?;
+    let mut ids = Vec::with_capacity(list.len());
+    for e in list {
+        ids.push(e[0].as_str()?.to_string());
+    }
+    let mut out = HashMap::with_capacity(list.len());
+    for (e, id) in list.iter().zip(&ids) {
+        let parent = match &e[2] {
+            Value::Number(n) => Some(ids.get(usize::try_from(n.as_u64()?).ok()?)?.clone()),
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            _ => return None,
+        };
+        out.insert(
+            id.clone(),
+            Folder {
+                name: e[1].as_str()?.to_string(),
+                parent,
+            },
+        );
+    }
+    Some(out)
+}
+
+/// The latest change of one file: its metadata, or None when it left the feed's view
+/// (deleted, or access lost).
+struct Change {
+    id: String,
+    file: Option<Value>,
+}
+
+/// What the changes feed says to do.
+enum Feed {
+    /// The drive's changes (each file's latest, in the feed's order), the folder map after
+    /// them, and the next token.
+    Changes {
+        entries: Vec<Change>,
+        folders: Folders,
+        token: String,
+    },
+    /// The drive has to be listed whole, and why.
+    Whole(String),
+    /// The shared drive is gone from the feed's view (deleted, or access lost).
+    DriveGone,
+}
+
+/// Reads a drive's changes since the cursor to the end (memory grows with the changes, not
+/// the drive). A token Drive refuses, or a folder whose path changed, makes it [`Feed::Whole`].
+async fn read_changes(inner: &Inner, target: &Target, cur: &DriveCursor) -> Result<Feed> {
+    let g = &inner.google;
+    let page_size = inner.options.page_size.clamp(1, 1000);
+    let fields = format!(
+        "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,driveId,drive(id,name),file({FILE_FIELDS}))"
+    );
+    let mut base = format!(
+        "{}/changes?pageSize={page_size}&includeRemoved=true&fields={}",
+        g.endpoints.drive,
+        ferry_http::query_value(&fields)
+    );
+    match &target.drive_id {
+        Some(id) => base.push_str(&format!(
+            "&driveId={}&includeItemsFromAllDrives=true&supportsAllDrives=true",
+            ferry_http::query_value(id)
+        )),
+        None => base.push_str("&supportsAllDrives=true"),
+    }
+    let what = format!("reading the changes of {}", target.account);
+    let mut entries: Vec<Change> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut token = cur.token.clone().unwrap_or_default();
+    let new_token = loop {
+        let url = format!("{base}&pageToken={}", ferry_http::query_value(&token));
+        let mut page = match g.get_json(&url, &target.subject, Api::Drive, &what).await {
+            Ok(p) => p,
+            Err(e) if target.drive_id.is_some() && e.status == Some(404) => {
+                return Ok(Feed::DriveGone)
+            }
+            // "If the token is rejected for any reason, it should be discarded" (Drive's
+            // ChangeList reference).
+            Err(e) if matches!(e.status, Some(400 | 404 | 410)) => {
+                return Ok(Feed::Whole(format!(
+                    "Drive refused the changes token of the last run ({})",
+                    e.error.message()
+                )))
+            }
+            Err(e) => return Err(e.error),
+        };
+        let Value::Array(changes) = page["changes"].take() else {
+            return Err(Error::transient(format!(
+                "{what}: Drive answered without a list of changes"
+            )));
+        };
+        for mut c in changes {
+            if c["changeType"] == "drive" {
+                let about = c["driveId"].as_str().or_else(|| c["drive"]["id"].as_str());
+                if target.drive_id.is_some()
+                    && about == target.drive_id.as_deref()
+                    && c["removed"] == true
+                {
+                    return Ok(Feed::DriveGone);
+                }
+                continue;
+            }
+            let file = c["file"].take();
+            let Some(id) = c["fileId"]
+                .as_str()
+                .or_else(|| file["id"].as_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let gone = c["removed"] == true || !file.is_object();
+            let change = Change {
+                id: id.clone(),
+                file: (!gone).then_some(file),
+            };
+            match index.get(&id) {
+                Some(&i) => entries[i] = change,
+                None => {
+                    index.insert(id, entries.len());
+                    entries.push(change);
+                }
+            }
+        }
+        match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
+            Some(next) if next == token => {
+                return Err(Error::transient(format!(
+                    "{what}: Drive sent the same page token again"
+                )))
+            }
+            Some(next) => token = next.to_string(),
+            None => match page["newStartPageToken"].as_str() {
+                Some(t) => break t.to_string(),
+                None => {
+                    return Err(Error::transient(format!(
+                        "{what}: the last page of changes has no newStartPageToken"
+                    )))
+                }
+            },
+        }
+    };
+    let folders = cur.folders.clone().unwrap_or_default();
+    match apply_folder_changes(
+        folders,
+        &entries,
+        target.drive_id.as_deref(),
+        inner.options.include_trashed,
+        cur.token_read_at,
+    ) {
+        Ok(folders) => Ok(Feed::Changes {
+            entries,
+            folders,
+            token: new_token,
+        }),
+        Err(why) => Ok(Feed::Whole(why)),
+    }
+}
+
+/// Whether a file of the feed is in the drive listed (a shared drive's own, or in no shared
+/// drive for My Drive).
+fn in_drive(drive_id: Option<&str>, f: &Value) -> bool {
+    f["driveId"].as_str() == drive_id
+}
+
+/// Applies the feed's folder changes to the map. A new folder is added; a folder renamed,
+/// moved, trashed (unless trash is listed), deleted or out of view changes the keys of files
+/// the feed does not list, and so does a folder that appears but is older than the last run
+/// (restored from the trash, or shared into view, with its contents): those are `Err(why)`,
+/// and the drive is listed whole.
+fn apply_folder_changes(
+    mut folders: Folders,
+    entries: &[Change],
+    drive_id: Option<&str>,
+    include_trashed: bool,
+    token_read_at: Option<time::OffsetDateTime>,
+) -> std::result::Result<Folders, String> {
+    for c in entries {
+        let known = folders.get(&c.id);
+        let Some(f) = &c.file else {
+            if let Some(old) = known {
+                return Err(format!(
+                    "the folder {:?} was deleted or is out of view",
+                    old.name
+                ));
+            }
+            continue;
+        };
+        if f["mimeType"] != FOLDER {
+            continue;
+        }
+        let kept = in_drive(drive_id, f) && (include_trashed || f["trashed"] != true);
+        let now = folder_of(f, &c.id);
+        match known {
+            Some(old) if !kept => {
+                return Err(format!(
+                    "the folder {:?} was trashed or moved out of the drive",
+                    old.name
+                ))
+            }
+            Some(old) if *old != now => {
+                return Err(format!(
+                    "the folder {:?} was renamed or moved{}",
+                    old.name,
+                    if old.name != now.name {
+                        format!(" (now {:?})", now.name)
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
+            Some(_) => {}
+            None if !kept => {}
+            None => {
+                // Created after the last run's token (an hour's margin for the clocks), or
+                // else back from the trash or newly shared, with contents the feed may not
+                // list one by one.
+                let new = match (crate::parse_time(&f["createdTime"]), token_read_at) {
+                    (Some(created), Some(read)) => created >= read - time::Duration::hours(1),
+                    _ => false,
+                };
+                if !new {
+                    return Err(format!(
+                        "the folder {:?} appeared, older than the last run (restored from the trash or shared into view)",
+                        now.name
+                    ));
+                }
+                folders.insert(c.id.clone(), now);
+            }
+        }
+    }
+    Ok(folders)
+}
+
+/// Hands on the feed's files: each changed one as the whole listing would list it (with the
+/// folder map after the feed), each deleted, trashed or moved-away one as removed.
+async fn send_changes(
+    inner: &Arc<Inner>,
+    target: &Target,
+    entries: Vec<Change>,
+    folders: &Folders,
+    tx: &Sender,
+    record: &mut DriveRecord,
+) -> Result<()> {
+    for c in entries {
+        match &c.file {
+            Some(f) if f["mimeType"] == FOLDER => {}
+            Some(f)
+                if in_drive(target.drive_id.as_deref(), f)
+                    && (inner.options.include_trashed || f["trashed"] != true) =>
+            {
+                record.files += 1;
+                for item in file_items(inner, target, folders, f, record) {
+                    send(tx, Listing::Item(item)).await?;
+                }
+            }
+            _ => {
+                record.removed += 1;
+                send(
+                    tx,
+                    Listing::Removed(SourceRef {
+                        system: "google".into(),
+                        account: Some(target.account.clone()),
+                        container: Some(target.container.clone()),
+                        id: c.id,
+                        version: None,
+                        original_name: None,
+                        original_path: None,
+                    }),
+                )
+                .await?;
+            }
+        }
+    }
     Ok(())
 }
 
 /// The folder names from the drive's root down to `parent` (unknown parents — the root, or a
 /// folder the user cannot see — end the walk).
-fn folder_path(folders: &HashMap<String, Folder>, parent: Option<&str>) -> Vec<String> {
+fn folder_path(folders: &Folders, parent: Option<&str>) -> Vec<String> {
     let mut names = Vec::new();
     let mut next = parent.map(str::to_string);
     let mut guard = HashSet::new();
@@ -446,6 +1054,7 @@ fn base_item(target: &Target, f: &Value, id: &str, path: Vec<String>) -> Item {
         ("mimeType", "mime_type"),
         ("parents", "parents"),
         ("headRevisionId", "head_revision_id"),
+        ("version", "drive_version"),
         ("webViewLink", "web_view_link"),
         ("trashed", "trashed"),
     ] {
@@ -467,7 +1076,7 @@ fn base_item(target: &Target, f: &Value, id: &str, path: Vec<String>) -> Item {
 fn file_items(
     inner: &Inner,
     target: &Target,
-    folders: &HashMap<String, Folder>,
+    folders: &Folders,
     f: &Value,
     record: &mut DriveRecord,
 ) -> Vec<Item> {
@@ -589,6 +1198,11 @@ fn file_items(
     }
     path.push(name);
     let mut item = base_item(target, f, id, path);
+    // The content's revision: renaming or moving a file raises Drive's `version` (every change
+    // does) but not its head revision, so a moved file is not read again.
+    if let Some(rev) = f["headRevisionId"].as_str() {
+        item.source.version = Some(rev.to_string());
+    }
     item.media_type = (!mime.is_empty()).then(|| mime.to_string());
     item.size = f["size"]
         .as_str()
@@ -761,5 +1375,116 @@ mod tests {
                 .1,
             "odt"
         );
+    }
+
+    fn folders() -> Folders {
+        let mut f = HashMap::new();
+        for (id, name, parent) in [
+            ("a", "Docs", Some("root")),
+            ("b", "Projects", Some("a")),
+            ("c", "2024", Some("b")),
+            ("s", "Shared in", None),
+        ] {
+            f.insert(
+                id.to_string(),
+                Folder {
+                    name: name.into(),
+                    parent: parent.map(str::to_string),
+                },
+            );
+        }
+        f
+    }
+
+    #[test]
+    fn the_folder_map_round_trips_with_parents_as_indexes() {
+        let f = folders();
+        let v = encode_folders(&f);
+        assert_eq!(v[0], json!(["a", "Docs", "root"]));
+        assert_eq!(v[1], json!(["b", "Projects", 0]));
+        assert_eq!(v[3], json!(["s", "Shared in", null]));
+        assert_eq!(decode_folders(&v), Some(f));
+        assert_eq!(decode_folders(&json!([["a", "A", 7]])), None);
+        assert_eq!(decode_folders(&Value::Null), None);
+    }
+
+    fn change(id: &str, file: Option<Value>) -> Change {
+        Change {
+            id: id.into(),
+            file,
+        }
+    }
+
+    fn folder(id: &str, name: &str, parent: &str, created: &str) -> Value {
+        json!({"id": id, "name": name, "mimeType": FOLDER, "parents": [parent], "trashed": false, "createdTime": created})
+    }
+
+    #[test]
+    fn folder_changes_add_new_folders_and_refuse_what_moves_paths() {
+        let read = crate::parse_time(&json!("2024-06-01T00:00:00Z"));
+        let apply =
+            |entries: Vec<Change>| apply_folder_changes(folders(), &entries, None, false, read);
+        // New folder (after the token), unchanged folder, files: applied.
+        let f = apply(vec![
+            change("n", Some(folder("n", "New", "c", "2024-06-01T10:00:00Z"))),
+            change("b", Some(folder("b", "Projects", "a", "2020-01-01T00:00:00Z"))),
+            change("f", Some(json!({"id": "f", "name": "x.txt", "mimeType": "text/plain", "parents": ["zz"]}))),
+            change("gone-file", None),
+        ])
+        .unwrap();
+        assert_eq!(
+            folder_path(&f, Some("n")),
+            vec!["Docs", "Projects", "2024", "New"]
+        );
+        // Renamed, moved, trashed, deleted, moved to a shared drive: listed whole.
+        for c in [
+            change(
+                "b",
+                Some(folder("b", "Projects 2", "a", "2020-01-01T00:00:00Z")),
+            ),
+            change("c", Some(folder("c", "2024", "a", "2020-01-01T00:00:00Z"))),
+            change(
+                "c",
+                Some(
+                    json!({"id": "c", "name": "2024", "mimeType": FOLDER, "parents": ["b"], "trashed": true}),
+                ),
+            ),
+            change("a", None),
+            change(
+                "a",
+                Some(
+                    json!({"id": "a", "name": "Docs", "mimeType": FOLDER, "parents": ["d"], "driveId": "d"}),
+                ),
+            ),
+            // An old folder appearing: back from the trash, or shared into view.
+            change(
+                "o",
+                Some(folder("o", "Old", "root", "2023-01-01T00:00:00Z")),
+            ),
+        ] {
+            assert!(apply(vec![c]).is_err());
+        }
+        // A trashed folder that was not in the map, or with trash listed, a trashed one kept.
+        assert!(apply(vec![change(
+            "t",
+            Some(json!({"id": "t", "name": "T", "mimeType": FOLDER, "trashed": true}))
+        )])
+        .is_ok());
+        let trashed = json!({"id": "c", "name": "2024", "mimeType": FOLDER, "parents": ["b"], "trashed": true});
+        assert!(
+            apply_folder_changes(folders(), &[change("c", Some(trashed))], None, true, read)
+                .is_ok()
+        );
+        // A shared drive's feed: only its own folders count.
+        let mine = json!({"id": "n", "name": "N", "mimeType": FOLDER, "parents": ["d"], "driveId": "d", "createdTime": "2024-06-02T00:00:00Z"});
+        let f = apply_folder_changes(
+            HashMap::new(),
+            &[change("n", Some(mine))],
+            Some("d"),
+            false,
+            read,
+        )
+        .unwrap();
+        assert!(f.contains_key("n"));
     }
 }

@@ -1,8 +1,9 @@
-//! Gmail: each user's profile (its history id is the cursor, saved *before* the listing so
-//! nothing that arrives during the run is missed next time), labels, and every message id
-//! (`messages.list`, Spam and Trash only on request); each message is read as `format=raw` and
-//! stored once as `<id>.eml`, whatever number of labels it carries — the labels, thread id,
-//! internal date and history id go to items.jsonl.
+//! Gmail: each user's profile (its history id is the cursor, read *before* the listing so
+//! nothing that arrives during the run is missed next time; a mailbox with failures keeps the
+//! cursor its run started from, so the next run reads what failed again), labels, and every
+//! message id (`messages.list`, Spam and Trash only on request); each message is read as
+//! `format=raw` and stored once as `<id>.eml`, whatever number of labels it carries — the
+//! labels, thread id, internal date and history id go to items.jsonl.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub(crate) async fn list_user(inner: &Arc<Inner>, user: &User, tx: &Sender) -> R
         listed: 0,
         listing_failed: false,
         incremental: false,
+        cursor: None,
+        retry_cursor: None,
     };
     let result = list_mailbox(inner, user, &base, tx, &mut record).await;
     if let Err(e) = result {
@@ -78,11 +81,11 @@ async fn list_mailbox(
         )
         .await?;
     record.messages_total = number(&profile["messagesTotal"]);
-    inner.cursor(json!({
+    let cursor = json!({
         "type": "gmail_history",
         "account": email,
         "history_id": profile["historyId"],
-    }));
+    });
     let labels = read_labels(inner, email, base).await?;
     if !inner.options.include_spam_trash {
         let mut excluded = 0;
@@ -102,9 +105,16 @@ async fn list_mailbox(
     // From the earlier run's history id when there is one; a history id too old for Gmail
     // (404) means the whole mailbox is listed again (messages stored before are not read).
     if let Some(start) = inner.options.history_cursor(email) {
+        // Should this run fail, the next one reads the same history again.
+        record.retry_cursor = Some(json!({
+            "type": "gmail_history",
+            "account": email,
+            "history_id": start,
+        }));
         match read_history(inner, user, base, &start, tx, record).await {
             Ok(true) => {
                 record.incremental = true;
+                record.cursor = Some(cursor);
                 return send_mbox_items(inner, user, &labels, tx).await;
             }
             Ok(false) => {
@@ -115,6 +125,8 @@ async fn list_mailbox(
             Err(e) => return Err(e),
         }
     }
+    // A whole listing with failures is made whole again by the next run.
+    record.retry_cursor = None;
     let page_size = inner.options.page_size.clamp(1, 500);
     let url = format!(
         "{base}/messages?maxResults={page_size}&includeSpamTrash={}",
@@ -148,6 +160,7 @@ async fn list_mailbox(
         },
     )
     .await?;
+    record.cursor = Some(cursor);
     send_mbox_items(inner, user, &labels, tx).await
 }
 

@@ -9,8 +9,10 @@
 //! [`raw_message`]), one file, one export or one mbox file ([`mbox`]). Every request goes through
 //! [`api::Google`]: a service-account token per impersonated user and API ([`auth`]), the shared
 //! retry policy, and a bound on requests at once per user. The history id and changes token
-//! read *before* each listing are the cursors for incremental runs; run.json reconciles each
-//! mailbox's own message count against what was archived.
+//! read *before* each listing (with each drive's folder map) are the cursors for incremental
+//! runs: the next run reads each mailbox's history and each drive's changes feed from them; a
+//! mailbox or drive with failures keeps the cursor its run started from, so that what failed is
+//! read again. run.json reconciles each mailbox's own message count against what was archived.
 
 pub mod api;
 pub mod auth;
@@ -167,8 +169,8 @@ pub struct GoogleOptions {
     /// The shared retry policy.
     pub retry: RetryPolicy,
     /// What an earlier run reported (its run details, holding `cursors`): mailboxes are then
-    /// read from their history id — only what changed, with deletions — for incremental
-    /// backups. `None` lists everything.
+    /// read from their history id and drives from their changes token — only what changed,
+    /// with deletions — for incremental backups. `None` lists everything.
     pub since: Option<Value>,
 }
 
@@ -220,6 +222,11 @@ pub(crate) struct MailboxRecord {
     pub listing_failed: bool,
     /// Read from the earlier run's history id: only what changed.
     pub incremental: bool,
+    /// The cursor for the next run.
+    pub cursor: Option<Value>,
+    /// The cursor for the next run when this one has failures in the mailbox: the earlier
+    /// run's (its history is read again), or none (the mailbox is listed whole).
+    pub retry_cursor: Option<Value>,
 }
 
 /// One drive as the listing found it.
@@ -234,6 +241,17 @@ pub(crate) struct DriveRecord {
     pub exports: u64,
     pub references: u64,
     pub listing_failed: bool,
+    /// Read from the earlier run's changes token: only what changed.
+    pub incremental: bool,
+    /// Why the drive was listed whole.
+    pub listed_whole_because: Option<String>,
+    /// Files the changes feed said are gone (deleted, trashed, out of view).
+    pub removed: u64,
+    /// The cursor for the next run.
+    pub cursor: Option<Value>,
+    /// The cursor for the next run when this one has failures in the drive: the earlier
+    /// run's (its changes are read again), or none (the drive is listed whole).
+    pub retry_cursor: Option<Value>,
 }
 
 /// What the listing learnt, for run.json.
@@ -328,6 +346,8 @@ enum Job {
     Gmail(directory::User),
     Drive(directory::User),
     SharedDrive(drive::SharedDrive),
+    /// A shared drive an earlier run listed (its cursor) that is not among this run's.
+    VanishedSharedDrive(Value),
 }
 
 impl Inner {
@@ -349,7 +369,11 @@ impl Inner {
             }
         }
         if self.options.include.shared_drives {
-            for d in drive::shared_drives(&self, &users, &tx).await? {
+            let drives = drive::shared_drives(&self, &users, &tx).await?;
+            for c in drive::vanished_shared_drives(&self, &drives) {
+                jobs.push(Job::VanishedSharedDrive(c));
+            }
+            for d in drives {
                 jobs.push(Job::SharedDrive(d));
             }
         }
@@ -365,6 +389,9 @@ impl Inner {
                         Job::Gmail(u) => gmail::list_user(&me, &u, &tx).await,
                         Job::Drive(u) => drive::list_my_drive(&me, &u, &tx).await,
                         Job::SharedDrive(d) => drive::list_shared_drive(&me, &d, &tx).await,
+                        Job::VanishedSharedDrive(c) => {
+                            drive::vanished_shared_drive(&me, &c, &tx).await
+                        }
                     }
                 }
             })
@@ -499,11 +526,17 @@ impl Connector for GoogleConnector {
         let mut out = serde_json::Map::new();
         let mut recon = Vec::new();
         let mut all_green = true;
+        let mut cursors = state.cursors.clone();
         for m in &state.mailboxes {
             let counts = outcomes
                 .get(&(m.account.clone(), "gmail".to_string()))
                 .copied()
                 .unwrap_or_default();
+            // A mailbox with failures is read again from where this run started.
+            let retry = m.listing_failed || counts.failed > 0;
+            if let Some(c) = if retry { &m.retry_cursor } else { &m.cursor } {
+                cursors.push(c.clone());
+            }
             let expected = m
                 .messages_total
                 .map(|t| t.saturating_sub(m.spam_trash_total.unwrap_or(0)));
@@ -586,6 +619,11 @@ impl Connector for GoogleConnector {
                 .get(&(d.account.clone(), d.container.clone()))
                 .copied()
                 .unwrap_or_default();
+            // A drive with failures is read again from where this run started.
+            let retry = d.listing_failed || counts.failed > 0;
+            if let Some(c) = if retry { &d.retry_cursor } else { &d.cursor } {
+                cursors.push(c.clone());
+            }
             let status = if d.listing_failed || counts.failed > 0 {
                 "failures"
             } else if counts.archived + counts.skipped != counts.listed {
@@ -605,6 +643,9 @@ impl Connector for GoogleConnector {
                 "folders_listed": d.folders,
                 "exports": d.exports,
                 "references_to_files_archived_under_their_owner": d.references,
+                "listing": if d.incremental { "changes" } else { "whole" },
+                "listed_whole_because": d.listed_whole_because,
+                "removed": d.removed,
                 "archived": counts.archived,
                 "recorded_without_content": counts.skipped,
                 "failed": counts.failed,
@@ -616,7 +657,7 @@ impl Connector for GoogleConnector {
             if all_green { "ok" } else { "problems" }.into(),
         );
         out.insert("reconciliation".into(), Value::Array(recon));
-        out.insert("cursors".into(), Value::Array(state.cursors.clone()));
+        out.insert("cursors".into(), Value::Array(cursors));
         out.insert("users".into(), Value::Array(state.users.clone()));
         if !state.notes.is_empty() {
             out.insert("notes".into(), json!(state.notes));
