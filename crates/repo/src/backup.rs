@@ -6,7 +6,13 @@
 //! an index of 8-byte key hashes with the hash of each entry's fingerprint (what the source said
 //! about the item: size and mtime, ETag and version, changeKey, …). [`Sink::place`] answers
 //! [`Placement::AlreadyStored`] when the listed item's fingerprint equals the stored one, so the
-//! pipeline never opens it. Memory is some 60 bytes per item of the state.
+//! pipeline never opens it. Memory is some 60 bytes per item of the state (more for sources
+//! that list only changes: they also hold each item's identity and blob, to notice moves).
+//!
+//! A run that changed nothing reads the previous state once, at the start, and only the parts
+//! of each entry the index needs ([`crate::entries::EntryHead`]): the end looks for removals
+//! only when some key was not listed again, and takes the state's counts from the previous run
+//! when there are no changes.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -24,7 +30,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
-use crate::entries::{EntryReader, EntryWriter, StateMerge};
+use crate::entries::{EntryHead, EntryReader, EntryWriter, StateMerge};
 use crate::format::{
     blob_key, entry_key, fingerprint, item_record, run_file, run_id, CheckpointRef, Entry,
     FileInfo, Op, RunCounts, RunLink, RunRecord, CHANGES_FILE, RUN_FILE, RUN_FORMAT, STATE_FILE,
@@ -78,6 +84,8 @@ struct Progress {
     known_blobs: HashSet<[u8; 32]>,
     /// Keys listed in this run.
     seen: HashSet<u64>,
+    /// How many of them are keys of the previous state.
+    seen_known: usize,
     /// Fingerprints of items placed for reading, until they are committed.
     pending: HashMap<u64, String>,
     /// Where each change entry is in the spool: (key, offset, length).
@@ -125,14 +133,24 @@ fn container_identity(system: &str, account: Option<&str>, container: Option<&st
     ))
 }
 
-/// The source reference in an entry's provenance record.
-fn entry_source(e: &Entry) -> Option<(String, Option<String>, Option<String>, String)> {
-    let s = &e.item.as_ref()?["source"];
-    Some((
-        s["system"].as_str()?.to_string(),
-        s["account"].as_str().map(str::to_string),
-        s["container"].as_str().map(str::to_string),
-        s["id"].as_str()?.to_string(),
+/// The [`identity`] of the item in an entry's provenance record.
+fn head_identity(e: &EntryHead) -> Option<u64> {
+    let s = e.item.as_ref()?.source.as_ref()?;
+    Some(identity(
+        s.system.as_deref()?,
+        s.account.as_deref(),
+        s.container.as_deref(),
+        s.id.as_deref()?,
+    ))
+}
+
+/// The [`container_identity`] of the item in an entry's provenance record.
+fn head_container(e: &EntryHead) -> Option<u64> {
+    let s = e.item.as_ref()?.source.as_ref()?;
+    Some(container_identity(
+        s.system.as_deref()?,
+        s.account.as_deref(),
+        s.container.as_deref(),
     ))
 }
 
@@ -172,40 +190,44 @@ impl Backup {
         let previous = match previous_id {
             Some(p) => {
                 let stored = repo.run(&p).await?;
-                let mut state = repo.state(&p).await?;
-                for e in state.entries.by_ref() {
-                    let e = e?;
+                let n = stored.record.counts.state_entries as usize;
+                progress.known.reserve(n);
+                progress.known_blobs.reserve(n);
+                progress.seen.reserve(n);
+                let full_listing = options.full_listing;
+                repo.for_each_head(&p, |e| {
                     let fp = hash(e.fingerprint.as_deref().unwrap_or_default());
-                    progress
-                        .known
-                        .insert(hash(&e.key), Known { fingerprint: fp });
+                    let h = hash(&e.key);
+                    progress.known.insert(h, Known { fingerprint: fp });
                     let blob = e.blob.as_deref().and_then(blob_bytes);
                     if let Some(b) = blob {
                         progress.known_blobs.insert(b);
                     }
-                    if !options.full_listing {
-                        if let Some((sys, acc, con, id)) = entry_source(&e) {
-                            let ident = identity(&sys, acc.as_deref(), con.as_deref(), &id);
-                            *progress.known_ids.entry(ident).or_default() += 1;
-                            progress.key_ids.insert(hash(&e.key), ident);
-                            if let Some(blob) = blob {
-                                let retrieved_at = e
-                                    .item
-                                    .as_ref()
-                                    .and_then(|i| i["retrieved_at"].as_str())
-                                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
-                                progress.priors.insert(
-                                    (ident, fp),
-                                    Prior {
-                                        blob,
-                                        size: e.size.unwrap_or(0),
-                                        retrieved_at,
-                                    },
-                                );
-                            }
+                    if full_listing {
+                        return Ok(());
+                    }
+                    if let Some(ident) = head_identity(e) {
+                        *progress.known_ids.entry(ident).or_default() += 1;
+                        progress.key_ids.insert(h, ident);
+                        if let Some(blob) = blob {
+                            let retrieved_at = e
+                                .item
+                                .as_ref()
+                                .and_then(|i| i.retrieved_at.as_deref())
+                                .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+                            progress.priors.insert(
+                                (ident, fp),
+                                Prior {
+                                    blob,
+                                    size: e.size.unwrap_or(0),
+                                    retrieved_at,
+                                },
+                            );
                         }
                     }
-                }
+                    Ok(())
+                })
+                .await?;
                 Some(stored)
             }
             None => None,
@@ -292,6 +314,10 @@ impl Backup {
             }
             (listed, p.moved)
         };
+        let (seen_known, known_keys) = {
+            let p = self.progress.lock().expect("progress");
+            (p.seen_known, p.known.len())
+        };
         // Removals. A source that lists everything: keys of the previous state it no longer
         // lists (unless part of the listing failed). An incremental source: the items it said
         // are gone, the unseen items of the containers it listed whole, and the unseen keys of
@@ -299,29 +325,24 @@ impl Backup {
         let mut removals = Vec::new();
         if let Some(prev) = &self.previous {
             let whole = self.options.full_listing && !listing_failed;
+            // Every key of the previous state listed again: nothing to look for.
+            let all_seen = seen_known == known_keys;
             let moved = moved && !listed.is_empty();
-            if whole || !removed.is_empty() || !complete.is_empty() || moved {
-                let mut state = repo.state(&prev.record.id).await?;
-                for e in state.entries.by_ref() {
-                    let e = e?;
+            if (whole && !all_seen) || !removed.is_empty() || !complete.is_empty() || moved {
+                repo.for_each_head(&prev.record.id, |e| {
                     if seen.contains(&hash(&e.key)) {
-                        continue;
+                        return Ok(());
                     }
                     let gone = whole
-                        || entry_source(&e).is_some_and(|(sys, acc, con, id)| {
-                            let ident = identity(&sys, acc.as_deref(), con.as_deref(), &id);
-                            removed.contains(&ident)
-                                || listed.contains(&ident)
-                                || complete.contains(&container_identity(
-                                    &sys,
-                                    acc.as_deref(),
-                                    con.as_deref(),
-                                ))
-                        });
+                        || head_identity(e)
+                            .is_some_and(|i| removed.contains(&i) || listed.contains(&i))
+                        || head_container(e).is_some_and(|c| complete.contains(&c));
                     if gone {
-                        removals.push(Entry::removal(e.key));
+                        removals.push(Entry::removal(e.key.to_string()));
                     }
-                }
+                    Ok(())
+                })
+                .await?;
             }
             if self.options.full_listing && listing_failed {
                 notes.push("part of the source could not be listed, so no item is marked removed in this run".into());
@@ -387,43 +408,63 @@ impl Backup {
             }
         };
         let state_path = repo.work_file(STATE_FILE);
-        // Count the new state (and write it when due).
-        {
-            let mut readers = Vec::new();
-            let mut _files = Vec::new();
-            if let Some(prev) = &self.previous {
-                let chain = repo.state_runs(&prev.record.id).await?;
-                for (i, id) in chain.iter().enumerate() {
-                    let name = if i == 0 { STATE_FILE } else { CHANGES_FILE };
-                    let key = run_file(id, name);
-                    if i > 0 && !store.exists(&key).await? {
-                        continue;
-                    }
-                    let local = repo.local(&key).await?;
-                    readers.push(EntryReader::open(&local.path, &key)?);
-                    _files.push(local);
-                }
+        // Count the new state, and write it when due. Nothing changed: the previous state's
+        // counts.
+        let files = match &self.previous {
+            Some(prev) if due || changes_info.entries > 0 => {
+                repo.state_files(&prev.record.id).await?
             }
-            readers.push(EntryReader::open(&changes_path, CHANGES_FILE)?);
-            let mut state_writer = if due {
-                Some(EntryWriter::create(&state_path)?)
-            } else {
-                None
-            };
-            counts.state_entries = 0;
-            counts.state_bytes = 0;
-            for e in StateMerge::new(readers) {
-                let e = e?;
-                counts.state_entries += 1;
-                counts.state_bytes += e.size.unwrap_or(0);
-                if let Some(w) = state_writer.as_mut() {
+            _ => Vec::new(),
+        };
+        match &self.previous {
+            Some(prev) if !due && changes_info.entries == 0 => {
+                counts.state_entries = prev.record.counts.state_entries;
+                counts.state_bytes = prev.record.counts.state_bytes;
+            }
+            _ if !due => {
+                let mut sources: Vec<(&std::path::Path, &str)> = files
+                    .iter()
+                    .map(|(l, k)| (l.path.as_path(), k.as_str()))
+                    .collect();
+                sources.push((&changes_path, CHANGES_FILE));
+                let (mut n, mut bytes) = (0, 0);
+                crate::entries::for_each_head(&sources, |e| {
+                    n += 1;
+                    bytes += e.size.unwrap_or(0);
+                    Ok(())
+                })?;
+                counts.state_entries = n;
+                counts.state_bytes = bytes;
+            }
+            // Due, but nothing changed since the checkpoint: the same file again.
+            Some(prev) if files.len() == 1 && changes_info.entries == 0 => {
+                state_info = Some(crate::entries::copy_entry_file(
+                    &files[0].0.path,
+                    &state_path,
+                    prev.record.counts.state_entries,
+                )?);
+                counts.state_entries = prev.record.counts.state_entries;
+                counts.state_bytes = prev.record.counts.state_bytes;
+            }
+            _ => {
+                let mut readers = Vec::new();
+                for (l, k) in &files {
+                    readers.push(EntryReader::open(&l.path, k)?);
+                }
+                readers.push(EntryReader::open(&changes_path, CHANGES_FILE)?);
+                let mut w = EntryWriter::create(&state_path)?;
+                counts.state_entries = 0;
+                counts.state_bytes = 0;
+                for e in StateMerge::new(readers) {
+                    let e = e?;
+                    counts.state_entries += 1;
+                    counts.state_bytes += e.size.unwrap_or(0);
                     w.write(&e)?;
                 }
-            }
-            if let Some(w) = state_writer {
                 state_info = Some(w.finish()?);
             }
         }
+        drop(files);
         // Upload the run's files, the record last.
         let mut files = std::collections::BTreeMap::new();
         // A job's first run stores its state, which holds exactly its changes (all adds): the
@@ -503,8 +544,9 @@ impl Backup {
 }
 
 fn blob_bytes(hex: &str) -> Option<[u8; 32]> {
-    let v = hex::decode(hex).ok()?;
-    v.try_into().ok()
+    let mut b = [0u8; 32];
+    hex::decode_to_slice(hex, &mut b).ok()?;
+    Some(b)
 }
 
 /// Deletes what interrupted runs left: run folders without a record, temporary files.
@@ -606,6 +648,9 @@ impl Sink for BackupSink {
         let mut p = self.0.progress.lock().expect("progress");
         let (key, h) = unique_key(&mut p, item)?;
         let known = p.known.get(&h).copied();
+        if known.is_some() {
+            p.seen_known += 1;
+        }
         if known.is_some_and(|k| k.fingerprint == fph) {
             p.counts.unchanged += 1;
             if !self.0.options.full_listing {
@@ -688,12 +733,16 @@ impl Sink for BackupSink {
             if !self.0.options.full_listing {
                 note_listed(&mut p, item, h);
             }
-            let op = match p.known.get(&h) {
+            let op = match p.known.get(&h).copied() {
                 Some(k) if k.fingerprint == hash(&fp) => {
+                    p.seen_known += 1;
                     p.counts.unchanged += 1;
                     return Ok(());
                 }
-                Some(_) => Op::Change,
+                Some(_) => {
+                    p.seen_known += 1;
+                    Op::Change
+                }
                 None => Op::Add,
             };
             (key, h, op)
@@ -878,13 +927,21 @@ mod tests {
     /// One run of an incremental source listing `items` with `content` (an empty one cannot
     /// be read); the items the sink asked to read.
     async fn run(repo: &Arc<Repository>, items: &[(Item, &[u8])]) -> (StoredRun, Vec<String>) {
+        run_of(repo, false, items).await
+    }
+
+    async fn run_of(
+        repo: &Arc<Repository>,
+        full_listing: bool,
+        items: &[(Item, &[u8])],
+    ) -> (StoredRun, Vec<String>) {
         let backup = Backup::start(
             repo.clone(),
             BackupOptions {
                 job: "job".into(),
-                source: "m365:test".into(),
+                source: "test".into(),
                 options: Default::default(),
-                full_listing: false,
+                full_listing,
             },
         )
         .await
@@ -934,15 +991,94 @@ mod tests {
         out
     }
 
+    async fn repo(dir: &std::path::Path) -> Arc<Repository> {
+        let store: Arc<dyn ObjectStore> = Arc::new(FolderStore::new(dir.join("repo")));
+        Arc::new(
+            Repository::open(store, &dir.join("work"), true)
+                .await
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_listing_counts_its_state_without_reading_it_when_nothing_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let names: Vec<String> = (0..8).map(|i| format!("f{i}")).collect();
+        let items = |changed: Option<usize>, skip: Option<usize>| -> Vec<(Item, &[u8])> {
+            names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| Some(*i) != skip)
+                .map(|(i, n)| {
+                    let mut it = item(n, &["share", n], 2, "v1");
+                    it.source.system = "fs".into();
+                    if Some(i) == changed {
+                        it.size = Some(3);
+                        (it, b"new".as_slice())
+                    } else {
+                        (it, b"ab".as_slice())
+                    }
+                })
+                .collect()
+        };
+        let (first, read) = run_of(&repo, true, &items(None, None)).await;
+        assert_eq!(read.len(), 8);
+        assert_eq!(first.record.counts.state_bytes, 16);
+        let (second, read) = run_of(&repo, true, &items(None, None)).await;
+        assert!(read.is_empty());
+        let c = &second.record.counts;
+        assert_eq!(
+            (c.unchanged, c.removed, c.state_entries, c.state_bytes),
+            (8, 0, 8, 16)
+        );
+        assert!(second.record.files.is_empty(), "{:?}", second.record.files);
+        // One changed, one gone: counted from the checkpoint and the changes, not written.
+        let (third, read) = run_of(&repo, true, &items(Some(2), Some(5))).await;
+        assert_eq!(read, vec!["fs/share/f2"]);
+        let c = &third.record.counts;
+        assert_eq!(
+            (c.changed, c.removed, c.state_entries, c.state_bytes),
+            (1, 1, 7, 15)
+        );
+        assert!(!third.record.files.contains_key(STATE_FILE));
+        assert_eq!(state(&repo, &third.record.id).await.len(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_due_when_nothing_changed_is_the_last_one_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let items = [(item("1", &["a"], 2, "v1"), b"ab".as_slice())];
+        let (first, _) = run_of(&repo, true, &items).await;
+        // One second apart: the job's runs wait for the next second's id.
+        for _ in 1..CHECKPOINT_EVERY {
+            let run = run_of(&repo, true, &items).await.0;
+            assert!(run.record.files.is_empty());
+        }
+        let last = run_of(&repo, true, &items).await.0;
+        assert_eq!(last.record.checkpoint.run, last.record.id);
+        assert_eq!(
+            last.record.files[STATE_FILE],
+            first.record.files[STATE_FILE]
+        );
+        assert_eq!(last.record.counts.state_entries, 1);
+        let a = std::fs::read(
+            dir.path()
+                .join(format!("repo/runs/{}/{STATE_FILE}", first.record.id)),
+        );
+        let b = std::fs::read(
+            dir.path()
+                .join(format!("repo/runs/{}/{STATE_FILE}", last.record.id)),
+        );
+        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(state(&repo, &last.record.id).await.len(), 1);
+    }
+
     #[tokio::test]
     async fn a_moved_item_leaves_its_old_key_and_keeps_its_blob() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> = Arc::new(FolderStore::new(dir.path().join("repo")));
-        let repo = Arc::new(
-            Repository::open(store, &dir.path().join("work"), true)
-                .await
-                .unwrap(),
-        );
+        let repo = repo(dir.path()).await;
         let a = item("1", &["ann", "docs", "a.txt"], 5, "v1");
         let b = item("2", &["ann", "docs", "b.txt"], 3, "v1");
         let (first, read) = run(&repo, &[(a, b"alpha"), (b, b"bet")]).await;

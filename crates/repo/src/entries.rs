@@ -2,6 +2,7 @@
 //! reading a state as the merge of a checkpoint and later changes — all streaming, so memory
 //! does not grow with the number of entries.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::iter::Peekable;
@@ -118,6 +119,29 @@ impl EntryWriter {
     }
 }
 
+/// Copies an entry file of `entries` entries as it is; its digest, size and entry count.
+pub fn copy_entry_file(from: &Path, to: &Path, entries: u64) -> Result<FileInfo> {
+    let what = format!("writing {}", to.display());
+    let mut src = File::open(from).map_err(io_err(format!("reading {}", from.display())))?;
+    let f = File::create(to).map_err(io_err(what.clone()))?;
+    let mut w = HashingWriter {
+        inner: BufWriter::with_capacity(256 * 1024, f),
+        hasher: sha2::Sha256::new(),
+        len: 0,
+    };
+    io::copy(&mut src, &mut w).map_err(io_err(what.clone()))?;
+    let HashingWriter { inner, hasher, len } = w;
+    let f = inner
+        .into_inner()
+        .map_err(|e| io_err(what.clone())(e.into_error()))?;
+    f.sync_all().map_err(io_err(what))?;
+    Ok(FileInfo {
+        sha256: hex::encode(hasher.finalize()),
+        size: len,
+        entries,
+    })
+}
+
 /// The entries of one file, in order.
 pub struct EntryReader {
     lines: std::io::Lines<BufReader<MultiGzDecoder<BufReader<File>>>>,
@@ -209,6 +233,213 @@ impl Iterator for StateMerge {
     }
 }
 
+/// A string of an entry line: borrowed from the line, or owned when it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What a backup run needs of an entry — key, op, blob, size, fingerprint, the item's source
+/// and when its content was read — read from its line without building the rest of the
+/// provenance record (skipped, not parsed into values).
+#[derive(Debug, serde::Deserialize)]
+pub struct EntryHead<'a> {
+    /// [`Entry::key`].
+    #[serde(borrow)]
+    pub key: Text<'a>,
+    /// [`Entry::op`].
+    pub op: Op,
+    /// [`Entry::blob`].
+    #[serde(borrow, default)]
+    pub blob: Option<Text<'a>>,
+    /// [`Entry::size`].
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// [`Entry::fingerprint`].
+    #[serde(borrow, default)]
+    pub fingerprint: Option<Text<'a>>,
+    /// Parts of [`Entry::item`].
+    #[serde(borrow, default)]
+    pub item: Option<ItemHead<'a>>,
+}
+
+/// Parts of an entry's provenance record.
+#[derive(Debug, serde::Deserialize)]
+pub struct ItemHead<'a> {
+    /// `source`.
+    #[serde(borrow, default)]
+    pub source: Option<SourceHead<'a>>,
+    /// `retrieved_at`.
+    #[serde(borrow, default)]
+    pub retrieved_at: Option<Text<'a>>,
+}
+
+/// The item's source reference (what names it at the source, whatever its path).
+#[derive(Debug, serde::Deserialize)]
+pub struct SourceHead<'a> {
+    /// `system`.
+    #[serde(borrow, default)]
+    pub system: Option<Text<'a>>,
+    /// `account`.
+    #[serde(borrow, default)]
+    pub account: Option<Text<'a>>,
+    /// `container`.
+    #[serde(borrow, default)]
+    pub container: Option<Text<'a>>,
+    /// `id`.
+    #[serde(borrow, default)]
+    pub id: Option<Text<'a>>,
+}
+
+/// One entry file read line by line into one reused buffer.
+struct LineSource {
+    reader: BufReader<MultiGzDecoder<BufReader<File>>>,
+    line: String,
+    key: String,
+    done: bool,
+    what: String,
+}
+
+impl LineSource {
+    fn open(path: &Path, what: &str) -> Result<LineSource> {
+        let f = File::open(path).map_err(|e| {
+            Error::permanent(format!("{what}: cannot open {}: {e}", path.display()))
+        })?;
+        Ok(LineSource {
+            reader: BufReader::with_capacity(
+                256 * 1024,
+                MultiGzDecoder::new(BufReader::with_capacity(64 * 1024, f)),
+            ),
+            line: String::new(),
+            key: String::new(),
+            done: false,
+            what: what.to_string(),
+        })
+    }
+
+    /// The next line; false at the end.
+    fn read(&mut self) -> Result<bool> {
+        self.line.clear();
+        match self.reader.read_line(&mut self.line) {
+            Ok(0) => {
+                self.done = true;
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => Err(Error::permanent(format!(
+                "{}: unreadable ({e}); the file is damaged",
+                self.what
+            ))),
+        }
+    }
+
+    /// The next line and its key (for merging).
+    fn advance(&mut self) -> Result<()> {
+        if !self.read()? {
+            return Ok(());
+        }
+        self.key.clear();
+        // ferry writes the key first: read it alone; anything else is read whole.
+        let key = match self.line.strip_prefix("{\"key\":") {
+            Some(rest) => {
+                serde::Deserialize::deserialize(&mut serde_json::Deserializer::from_str(rest))
+            }
+            None => serde_json::from_str::<EntryHead>(&self.line).map(|h| h.key),
+        };
+        let key: Text = key.map_err(|e| self.not_an_entry(e))?;
+        self.key.push_str(&key);
+        Ok(())
+    }
+
+    fn head(&self) -> Result<EntryHead<'_>> {
+        serde_json::from_str(&self.line).map_err(|e| self.not_an_entry(e))
+    }
+
+    fn not_an_entry(&self, e: serde_json::Error) -> Error {
+        Error::permanent(format!("{}: a line is not an entry ({e})", self.what))
+    }
+}
+
+/// Reads a state as [`StateMerge`] does — a checkpoint and later changes, `(path, name)`
+/// oldest first — but gives `f` each live entry's [`EntryHead`] (its `op` as the latest file
+/// says: `add` or `change`), in key order, with one parse per line and no allocation per entry
+/// beyond strings with escapes.
+pub fn for_each_head(
+    sources: &[(&Path, &str)],
+    mut f: impl FnMut(&EntryHead) -> Result<()>,
+) -> Result<()> {
+    let mut sources = sources
+        .iter()
+        .map(|(p, what)| LineSource::open(p, what))
+        .collect::<Result<Vec<_>>>()?;
+    if let [only] = sources.as_mut_slice() {
+        while only.read()? {
+            let head = only.head()?;
+            if head.op != Op::Remove {
+                f(&head)?;
+            }
+        }
+        return Ok(());
+    }
+    for s in &mut sources {
+        s.advance()?;
+    }
+    let mut same = Vec::with_capacity(sources.len());
+    loop {
+        // The smallest key any source has next; the latest source with it wins.
+        let mut min: Option<usize> = None;
+        for (i, s) in sources.iter().enumerate() {
+            if !s.done && min.is_none_or(|m| s.key < sources[m].key) {
+                min = Some(i);
+            }
+        }
+        let Some(m) = min else {
+            return Ok(());
+        };
+        same.clear();
+        for (i, s) in sources.iter().enumerate() {
+            if !s.done && s.key == sources[m].key {
+                same.push(i);
+            }
+        }
+        let winner = &sources[*same.last().expect("one at least")];
+        let head = winner.head()?;
+        if head.op != Op::Remove {
+            f(&head)?;
+        }
+        for &i in &same {
+            sources[i].advance()?;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +509,81 @@ mod tests {
                 ("d".into(), "4b".into())
             ]
         );
+    }
+
+    #[test]
+    fn heads_read_the_same_state_as_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = entry("a\"quoted\\", Op::Add, "1");
+        a.fingerprint = Some("size=1;mtime=\u{7}".into());
+        a.item = Some(serde_json::json!({
+            "path": null, "extra": {"x": [1, {"y": null}]},
+            "source": {"system": "s3", "account": null, "container": "b\"k", "id": "k1"},
+            "retrieved_at": "2026-01-01T00:00:00Z"
+        }));
+        let cp = file(
+            dir.path(),
+            "state",
+            &[
+                a.clone(),
+                entry("b", Op::Add, "2"),
+                entry("d", Op::Add, "4"),
+                entry("é", Op::Add, "5"),
+            ],
+        );
+        let c1 = file(
+            dir.path(),
+            "c1",
+            &[
+                entry("b", Op::Change, "2b"),
+                entry("c", Op::Add, "3"),
+                Entry::removal("d".into()),
+            ],
+        );
+        let c2 = file(dir.path(), "c2", &[entry("d", Op::Add, "4b")]);
+        let heads = |files: &[&std::path::PathBuf]| {
+            let sources: Vec<(&Path, &str)> = files.iter().map(|p| (p.as_path(), "test")).collect();
+            let mut got = Vec::new();
+            for_each_head(&sources, |h| {
+                got.push((h.key.to_string(), h.blob.as_deref().unwrap().to_string()));
+                Ok(())
+            })
+            .unwrap();
+            got
+        };
+        let entries = |files: &[&std::path::PathBuf]| {
+            StateMerge::new(
+                files
+                    .iter()
+                    .map(|p| EntryReader::open(p, "test").unwrap())
+                    .collect(),
+            )
+            .map(|e| {
+                let e = e.unwrap();
+                (e.key, e.blob.unwrap())
+            })
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(heads(&[&cp]), entries(&[&cp]));
+        assert_eq!(heads(&[&cp, &c1, &c2]), entries(&[&cp, &c1, &c2]));
+        assert_eq!(heads(&[&cp, &c1]).len(), 4);
+        // The parts of the record a run needs, escapes and all.
+        let mut seen = false;
+        for_each_head(&[(cp.as_path(), "test")], |h| {
+            if h.key.starts_with('a') {
+                assert_eq!(&*h.key, "a\"quoted\\");
+                assert_eq!(h.fingerprint.as_deref(), Some("size=1;mtime=\u{7}"));
+                let s = h.item.as_ref().unwrap().source.as_ref().unwrap();
+                assert_eq!(s.system.as_deref(), Some("s3"));
+                assert_eq!(s.account.as_deref(), None);
+                assert_eq!(s.container.as_deref(), Some("b\"k"));
+                assert_eq!(s.id.as_deref(), Some("k1"));
+                seen = true;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(seen);
     }
 
     #[test]

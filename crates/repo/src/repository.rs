@@ -10,7 +10,7 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 
-use crate::entries::{EntryReader, StateMerge};
+use crate::entries::{for_each_head, EntryHead, EntryReader, StateMerge};
 use crate::format::{
     run_file, sha256_hex, RepositoryInfo, RunRecord, CHANGES_FILE, REPOSITORY_FILE,
     REPOSITORY_FORMAT, RUN_FILE, STATE_FILE,
@@ -275,18 +275,27 @@ impl Repository {
         )))
     }
 
-    /// Reads `run`'s state.
-    pub async fn state(&self, run: &str) -> Result<StateReader> {
+    /// Local copies of the files of `run`'s state, with their keys: its checkpoint's
+    /// `state.jsonl.gz` and the later runs' `changes.jsonl.gz`, oldest first.
+    pub async fn state_files(&self, run: &str) -> Result<Vec<(LocalFile, String)>> {
         let chain = self.state_runs(run).await?;
         let mut files = Vec::new();
-        let mut readers = Vec::new();
         for (i, id) in chain.iter().enumerate() {
             let name = if i == 0 { STATE_FILE } else { CHANGES_FILE };
             let key = run_file(id, name);
             if i > 0 && !self.store.exists(&key).await? {
                 continue;
             }
-            let local = self.local(&key).await?;
+            files.push((self.local(&key).await?, key));
+        }
+        Ok(files)
+    }
+
+    /// Reads `run`'s state.
+    pub async fn state(&self, run: &str) -> Result<StateReader> {
+        let mut files = Vec::new();
+        let mut readers = Vec::new();
+        for (local, key) in self.state_files(run).await? {
             readers.push(EntryReader::open(&local.path, &key)?);
             files.push(local);
         }
@@ -294,6 +303,20 @@ impl Repository {
             entries: StateMerge::new(readers),
             _files: files,
         })
+    }
+
+    /// Reads `run`'s state lightly: `f` gets each live entry's [`EntryHead`], in key order.
+    pub async fn for_each_head(
+        &self,
+        run: &str,
+        f: impl FnMut(&EntryHead) -> Result<()>,
+    ) -> Result<()> {
+        let files = self.state_files(run).await?;
+        let sources: Vec<(&Path, &str)> = files
+            .iter()
+            .map(|(l, k)| (l.path.as_path(), k.as_str()))
+            .collect();
+        for_each_head(&sources, f)
     }
 }
 
