@@ -1270,4 +1270,31 @@ async fn the_changes_feed_pages_masks_and_follows_renames_moves_trash_and_shared
         .await;
     assert_eq!(r.status, 200);
     assert!(g.s.stats().changes_pages >= 6);
+
+    // A renamed shared drive is listed by its new name; a deleted one is gone with its files.
+    assert!(g.s.rename_shared_drive(&d.id, "Renamed"));
+    let r = g.get(&t, &format!("/drive/v3/drives/{}", d.id), &[]).await;
+    assert_eq!(r.json()["name"], "Renamed");
+    assert!(g.s.delete_shared_drive(&d.id));
+    let r = g.get(&t, "/drive/v3/drives", &[]).await;
+    assert!(!r.json()["drives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["id"] == d.id.as_str()));
+    let r = g.get(&t, &format!("/drive/v3/drives/{}", d.id), &[]).await;
+    assert_eq!(r.status, 404);
+    let r = g
+        .get(&t, &format!("/drive/v3/changes?pageToken={fresh}&{q}"), &[])
+        .await;
+    assert_eq!(r.status, 404);
+    let r = g
+        .get(
+            &t,
+            &format!("/drive/v3/files/{}?supportsAllDrives=true", added.id),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(g.s.current_truth().shared_drive(&d.id).is_none());
 }

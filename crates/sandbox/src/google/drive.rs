@@ -278,22 +278,30 @@ fn mask_for(r: &Req, default: &str, top: &[&str], file_path: &[&str]) -> Result<
 struct View<'a> {
     subject: &'a str,
     user: Option<&'a GUser>,
-    members: Vec<&'a str>,
+    /// The shared drives (existing now) the subject is a member of.
+    members: Vec<String>,
 }
 
 impl<'a> View<'a> {
     fn new(state: &'a State, r: &'a Req) -> View<'a> {
+        let members = state
+            .live
+            .lock()
+            .expect("live lock")
+            .drives
+            .iter()
+            .filter(|d| d.members.iter().any(|m| m == &r.subject))
+            .map(|d| d.id.clone())
+            .collect();
         View {
             subject: &r.subject,
             user: state.truth.user(&r.subject),
-            members: state
-                .truth
-                .shared_drives
-                .iter()
-                .filter(|d| d.members.iter().any(|m| m == &r.subject))
-                .map(|d| d.id.as_str())
-                .collect(),
+            members,
         }
+    }
+
+    fn member_of(&self, drive_id: &str) -> bool {
+        self.members.iter().any(|m| m == drive_id)
     }
 
     fn owns(&self, f: &GFile) -> bool {
@@ -308,7 +316,7 @@ impl<'a> View<'a> {
     /// Visible at all, with shared drives allowed or not.
     fn sees(&self, f: &GFile, drives: bool) -> bool {
         match &f.drive_id {
-            Some(d) => drives && self.members.contains(&d.as_str()),
+            Some(d) => drives && self.member_of(d),
             None => self.mine(f),
         }
     }
@@ -719,11 +727,11 @@ enum Corpus<'a> {
 fn in_corpus(v: &View<'_>, f: &GFile, c: &Corpus<'_>) -> bool {
     match c {
         Corpus::User { drives } => v.sees(f, *drives),
-        Corpus::Drive(d) => f.drive_id.as_deref() == Some(*d) && v.members.contains(d),
+        Corpus::Drive(d) => f.drive_id.as_deref() == Some(*d) && v.member_of(d),
     }
 }
 
-fn corpus_of<'a>(state: &State, r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, Resp> {
+fn corpus_of<'a>(r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, Resp> {
     let all = r.flag("includeItemsFromAllDrives");
     let supports = r.flag("supportsAllDrives") || r.flag("supportsTeamDrives");
     if all && !supports {
@@ -759,7 +767,7 @@ fn corpus_of<'a>(state: &State, r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, 
             if !all {
                 return Err(gerr(400, "invalid", "The includeItemsFromAllDrives parameter must be set to true when driveId is specified.").param("includeItemsFromAllDrives").resp());
             }
-            if state.truth.shared_drive(d).is_none() || !v.members.contains(&d) {
+            if !v.member_of(d) {
                 return Err(drive_not_found(d));
             }
             Ok(Corpus::Drive(d))
@@ -770,7 +778,7 @@ fn corpus_of<'a>(state: &State, r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, 
 
 fn list(state: &State, r: &Req) -> Resp {
     let v = View::new(state, r);
-    let corpus = match corpus_of(state, r, &v) {
+    let corpus = match corpus_of(r, &v) {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -1118,9 +1126,8 @@ fn drives(state: &State, r: &Req) -> Resp {
         Ok(m) => m,
         Err(e) => return e,
     };
-    let list: Vec<&super::GSharedDrive> = state
-        .truth
-        .shared_drives
+    let drives = state.live.lock().expect("live lock").drives.clone();
+    let list: Vec<&super::GSharedDrive> = drives
         .iter()
         .filter(|d| admin || d.members.iter().any(|m| m == &r.subject))
         .collect();
@@ -1144,7 +1151,11 @@ fn drive_get(state: &State, r: &Req, id: &str) -> Resp {
         Ok(a) => a,
         Err(e) => return e,
     };
-    match state.truth.shared_drive(id) {
+    let drive = {
+        let live = state.live.lock().expect("live lock");
+        live.drives.iter().find(|d| d.id == id).cloned()
+    };
+    match drive.as_ref() {
         Some(d) if admin || d.members.iter().any(|m| m == &r.subject) => {
             let mask = match r.q("fields") {
                 None => Mask::All,
@@ -1167,13 +1178,13 @@ fn drive_get(state: &State, r: &Req, id: &str) -> Resp {
 // ---------------------------------------------------------------------------------------------
 // Changes (developers.google.com/drive/api/guides/manage-changes).
 
-fn changes_corpus<'a>(state: &State, r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, Resp> {
+fn changes_corpus<'a>(r: &'a Req, v: &View<'_>) -> Result<Corpus<'a>, Resp> {
     match r.q("driveId").filter(|d| !d.is_empty()) {
         Some(d) => {
             if !(r.flag("supportsAllDrives") || r.flag("supportsTeamDrives")) {
                 return Err(drive_not_found(d));
             }
-            if state.truth.shared_drive(d).is_none() || !v.members.contains(&d) {
+            if !v.member_of(d) {
                 return Err(drive_not_found(d));
             }
             Ok(Corpus::Drive(d))
@@ -1190,7 +1201,7 @@ fn changes_corpus<'a>(state: &State, r: &'a Req, v: &View<'_>) -> Result<Corpus<
 
 fn start_page_token(state: &State, r: &Req) -> Resp {
     let v = View::new(state, r);
-    if let Err(e) = changes_corpus(state, r, &v) {
+    if let Err(e) = changes_corpus(r, &v) {
         return e;
     }
     let live = state.live.lock().expect("live lock");
@@ -1217,7 +1228,7 @@ const CHANGE_FIELDS: &[&str] = &[
 
 fn changes(state: &State, r: &Req) -> Resp {
     let v = View::new(state, r);
-    let corpus = match changes_corpus(state, r, &v) {
+    let corpus = match changes_corpus(r, &v) {
         Ok(c) => c,
         Err(e) => return e,
     };

@@ -63,7 +63,10 @@
 //! with `supportsAllDrives=true` for a shared drive's feed, `includeItemsFromAllDrives` to add
 //! member drives to a user's; `includeRemoved`, `restrictToMyDrive`; `fields` checked for the
 //! change and its file; a rejected token → 400 `invalid` at `pageToken`). Metadata changes
-//! (rename, move, trash) raise `version` but not `modifiedTime` or `headRevisionId`.
+//! (rename, move, trash) raise `version` but not `modifiedTime` or `headRevisionId`. A shared
+//! drive renamed or deleted (with its files) at run time is so in `drives`, `drives/{id}`,
+//! file visibility and feeds (a deleted drive's feed → 404); `changeType: drive` entries are not
+//! served.
 //! Shared-drive items without `supportsAllDrives=true` → 404. The suspended user → 403
 //! `forbidden` "The user has been suspended."
 //!
@@ -350,6 +353,8 @@ pub(crate) struct Change {
 pub(crate) struct Live {
     pub mailboxes: BTreeMap<String, LiveMailbox>,
     pub files: Vec<LiveFile>,
+    /// Shared drives now (deleted ones gone, renamed ones renamed).
+    pub drives: Vec<GSharedDrive>,
     pub changes: Vec<Change>,
     pub change_seq: u64,
     /// Changes page tokens of earlier epochs are refused.
@@ -717,6 +722,7 @@ impl State {
                     .collect(),
                 change_seq: changes.len() as u64,
                 change_epoch: 0,
+                drives: truth.shared_drives.clone(),
                 changes,
                 rng: Rng::new(seed ^ 0x6A11E),
             }),
@@ -1040,6 +1046,7 @@ impl GoogleServer {
             .filter(|f| !f.deleted)
             .map(|f| f.f.clone())
             .collect();
+        t.shared_drives = live.drives.clone();
         t
     }
 
@@ -1243,7 +1250,7 @@ impl GoogleServer {
                 (owner.root_folder_id.clone(), None, Vec::new())
             }
             Some(p) => {
-                if let Some(d) = self.state.truth.shared_drive(p) {
+                if let Some(d) = live.drives.iter().find(|d| d.id == p) {
                     (d.id.clone(), Some(d.id.clone()), Vec::new())
                 } else {
                     let f = live.file(p).filter(|f| f.is_folder())?;
@@ -1398,6 +1405,40 @@ impl GoogleServer {
             record_change(&mut live, &id, true, now);
         }
         true
+    }
+
+    /// Deletes a shared drive with its files: drives.list and drives.get no longer know it, its
+    /// changes feed answers 404. False if not found.
+    pub fn delete_shared_drive(&self, drive_id: &str) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        let Some(i) = live.drives.iter().position(|d| d.id == drive_id) else {
+            return false;
+        };
+        live.drives.remove(i);
+        let now = now_ms();
+        let mut gone = Vec::new();
+        for l in live.files.iter_mut() {
+            if !l.deleted && l.f.drive_id.as_deref() == Some(drive_id) {
+                l.deleted = true;
+                gone.push(l.f.id.clone());
+            }
+        }
+        for id in gone {
+            record_change(&mut live, &id, true, now);
+        }
+        true
+    }
+
+    /// Renames a shared drive. False if not found.
+    pub fn rename_shared_drive(&self, drive_id: &str, name: &str) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        match live.drives.iter_mut().find(|d| d.id == drive_id) {
+            Some(d) => {
+                d.name = name.to_string();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes every changes page token issued so far unusable: `changes.list` answers them
