@@ -188,16 +188,23 @@ fn drive_listings(details: &Value) -> Vec<(String, String, String)> {
     out
 }
 
+/// A restore of `run` holds the Drive files of `truth` that `include` reads for `user`.
 fn assert_restores(
     repo: &Path,
     run: &str,
     to: &Path,
     truth: &ferry_sandbox::GoogleTruth,
     user: &str,
+    include: &str,
 ) {
     restore(repo, run, to);
     let got = restored_drive_files(to);
-    let want = expected_drive_files(truth, user, true);
+    let want = expected_drive_files(
+        truth,
+        user,
+        include.split(',').any(|p| p == "drive"),
+        include.contains("shared-drives"),
+    );
     let paths = |m: &std::collections::BTreeMap<std::path::PathBuf, Vec<Vec<u8>>>| {
         m.keys().cloned().collect::<Vec<_>>()
     };
@@ -266,7 +273,7 @@ fn drives_are_read_from_the_changes_feed_and_listed_whole_when_a_folder_moves() 
             ),
         ]
     );
-    assert_restores(&repo, &run1, &dir.path().join("r1"), &truth, &user);
+    assert_restores(&repo, &run1, &dir.path().join("r1"), &truth, &user, include);
 
     // Added, modified (a binary file and a Google Doc), renamed, moved, deleted, trashed; a new
     // folder with a file in it; a file added to and one deleted from the shared drive.
@@ -324,8 +331,16 @@ fn drives_are_read_from_the_changes_feed_and_listed_whole_when_a_folder_moves() 
         &dir.path().join("r2"),
         &fx.server.current_truth(),
         &user,
+        include,
     );
-    assert_restores(&repo, &run1, &dir.path().join("r1-again"), &truth, &user);
+    assert_restores(
+        &repo,
+        &run1,
+        &dir.path().join("r1-again"),
+        &truth,
+        &user,
+        include,
+    );
 
     // A renamed folder changes the paths of files the feed does not list: My Drive is listed
     // whole, and its files get their new paths without being read again.
@@ -352,6 +367,7 @@ fn drives_are_read_from_the_changes_feed_and_listed_whole_when_a_folder_moves() 
         &dir.path().join("r3"),
         &fx.server.current_truth(),
         &user,
+        include,
     );
 
     // A changes token Drive refuses: both drives are listed whole, only the new file is read.
@@ -383,6 +399,7 @@ fn drives_are_read_from_the_changes_feed_and_listed_whole_when_a_folder_moves() 
         &dir.path().join("r4"),
         &fx.server.current_truth(),
         &user,
+        include,
     );
 
     // The next run reads the changes from the tokens the whole listings saved: nothing.
@@ -466,6 +483,76 @@ fn what_failed_in_an_incremental_run_is_read_again_by_the_next() {
     assert!(emls(&to).contains(&flaky.raw()));
     assert_eq!(
         restored_drive_files(&to),
-        expected_drive_files(&fx.server.current_truth(), &user, false)
+        expected_drive_files(&fx.server.current_truth(), &user, true, false)
     );
+}
+
+#[test]
+fn a_renamed_shared_drive_moves_to_its_new_name_and_a_deleted_one_is_emptied() {
+    let fx = GoogleFixture::start(GoogleConfig {
+        users: 3,
+        messages_per_user: 2,
+        files_per_user: 0,
+        shared_drives: 2,
+        ..GoogleConfig::default()
+    });
+    let truth = fx.server.truth().clone();
+    let user = truth
+        .users
+        .iter()
+        .find(|u| !u.suspended && !u.is_admin)
+        .unwrap()
+        .email
+        .clone();
+    let drives: Vec<_> = truth
+        .shared_drives
+        .iter()
+        .filter(|d| d.members.contains(&user))
+        .cloned()
+        .collect();
+    assert_eq!(drives.len(), 2);
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    backup_of(&fx, &repo, &user, "shared-drives");
+    assert!(fx
+        .server
+        .rename_shared_drive(&drives[0].id, "Renamed drive"));
+    assert!(fx.server.delete_shared_drive(&drives[1].id));
+    let s2 = backup_of(&fx, &repo, &user, "shared-drives");
+    let run2 = s2["run"].as_str().unwrap().to_string();
+    let c = &s2["counts"];
+    assert_eq!(c["blobs_written"], 0, "nothing new: {s2:#}");
+    assert_eq!(c["changed"], 0, "{s2:#}");
+    assert!(
+        c["removed"].as_u64().unwrap() > c["added"].as_u64().unwrap(),
+        "{s2:#}"
+    );
+    let d = details(&repo, &run2);
+    let listings = drive_listings(&d);
+    assert_eq!(listings.len(), 1);
+    assert_eq!(listings[0].1, "whole");
+    assert!(listings[0].2.contains("renamed"), "{listings:?}");
+    let notes = d["notes"].to_string();
+    assert!(
+        notes.contains(&drives[1].name) && notes.contains("deleted"),
+        "{notes}"
+    );
+    assert_restores(
+        &repo,
+        &run2,
+        &dir.path().join("r2"),
+        &fx.server.current_truth(),
+        &user,
+        "shared-drives",
+    );
+
+    // The next run reads the renamed drive's changes; the deleted one is not mentioned again.
+    let before = fx.server.stats();
+    let s3 = backup_of(&fx, &repo, &user, "shared-drives");
+    let run3 = s3["run"].as_str().unwrap().to_string();
+    assert_eq!(fx.server.stats().files_list_pages, before.files_list_pages);
+    assert_eq!(s3["counts"]["removed"], 0, "{s3:#}");
+    let d = details(&repo, &run3);
+    assert_eq!(drive_listings(&d)[0].1, "changes");
+    assert!(d.get("notes").is_none(), "{d:#}");
 }

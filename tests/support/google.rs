@@ -72,15 +72,17 @@ impl GoogleFixture {
     }
 }
 
-/// The files a `ferry restore` of a Google backup holds under `google/<domain>/…`, for the Drive
-/// of `user` (owned files at their folder paths, files shared with them in "Shared with me")
-/// and, with `shared_drives`, the shared drives they are a member of, as the truth says — each
+/// The files a `ferry restore` of a Google backup holds under `google/<domain>/…`, with
+/// `my_drive` for the Drive of `user` (owned files at their folder paths, files shared with
+/// them in "Shared with me") and with `shared_drives` for the shared drives they are a member
+/// of, as the truth says — each
 /// path relative to the restore folder with the names restore makes safe, holding the bytes of
 /// every file there (Docs, Sheets, Slides and Drawings as their ODF export). Folders,
 /// shortcuts, forms and trashed files have no content and are left out.
 pub fn expected_drive_files(
     truth: &GoogleTruth,
     user: &str,
+    my_drive: bool,
     shared_drives: bool,
 ) -> BTreeMap<PathBuf, Vec<Vec<u8>>> {
     let mut out: BTreeMap<PathBuf, Vec<Vec<u8>>> = BTreeMap::new();
@@ -100,11 +102,11 @@ pub fn expected_drive_files(
         }
         let mut path: Vec<String> = vec!["google".into(), truth.domain.clone()];
         match (&f.drive_id, &f.owner) {
-            (None, Some(owner)) if owner.eq_ignore_ascii_case(user) => {
+            (None, Some(owner)) if my_drive && owner.eq_ignore_ascii_case(user) => {
                 path.extend(["users".into(), user.to_string(), "drive".into()]);
                 path.extend(f.path.iter().cloned());
             }
-            (None, _) if f.shared_with.iter().any(|s| s.eq_ignore_ascii_case(user)) => {
+            (None, _) if my_drive && f.shared_with.iter().any(|s| s.eq_ignore_ascii_case(user)) => {
                 path.extend(["users".into(), user.to_string(), "drive".into()]);
                 path.extend(["Shared with me".to_string(), f.name.clone()]);
             }
