@@ -218,10 +218,21 @@ fn an_s3_bucket_backed_up_twice_is_read_once_by_the_server_count() {
     let s1 = run(&[]);
     assert_eq!(s1["counts"]["added"], 30, "{s1:#}");
     assert_eq!(gets() - g0, 30, "one GET per object");
-    let g1 = gets();
+    let requests = || {
+        server
+            .counters()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (g1, r1) = (gets(), requests());
     let s2 = run(&[]);
     assert_eq!(s2["counts"]["unchanged"], 30, "{s2:#}");
     assert_eq!(gets() - g1, 0, "a no-change run reads no object");
+    assert_eq!(
+        requests() - r1,
+        2,
+        "a no-change run asks one bucket check and one listing page"
+    );
     fx.put("photos", "2024/img3.jpg", b"new bytes");
     fx.put("photos", "2025/new.jpg", b"another");
     let g2 = gets();

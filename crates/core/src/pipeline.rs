@@ -84,6 +84,9 @@ impl Pipeline {
     ///
     /// Returns the report and, if the run had to stop, the error that stopped it. Failed items
     /// do not stop a run: they are recorded with the sink and counted.
+    ///
+    /// The caller checks the source first ([`Connector::check`]), before it creates the sink's
+    /// archive: the pipeline does not check it again.
     pub async fn run(
         &self,
         connector: Arc<dyn Connector>,
@@ -115,9 +118,6 @@ impl Pipeline {
         cancel: &CancellationToken,
         report: &mut RunReport,
     ) -> Option<Error> {
-        if let Err(e) = connector.check().await {
-            return Some(e);
-        }
         let concurrency = self.options.concurrency.max(1);
         let mut listing = connector.list();
         let mut listing_done = false;

@@ -119,6 +119,7 @@ async fn export_from(
         ],
         ..BagOptions::default()
     };
+    connector.check().await?;
     let (writer, _) = BagWriter::open(BagTarget::from_path(&to), vec![connector.info()], options)?;
     let sink: Arc<dyn Sink> = Arc::new(writer.clone());
     let (report, fatal) = Pipeline::new(PipelineOptions::default())
