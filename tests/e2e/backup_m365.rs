@@ -420,3 +420,68 @@ fn drives_are_read_from_delta_links_with_moves_renames_and_deletions() {
     let again = restored_drive(dir.path(), &repo, Some(&run4), &tenant, &upn);
     assert_eq!(again, run4_tree);
 }
+
+#[test]
+fn a_file_that_failed_in_an_incremental_run_is_read_by_the_next() {
+    let fx = GraphFixture::start(GraphConfig {
+        users: 1,
+        messages_per_user: 2,
+        files_per_user: 6,
+        ..GraphConfig::default()
+    });
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    let truth = fx.server.truth().clone();
+    let user = truth
+        .licensed_users()
+        .find(|u| u.drive_id.is_some())
+        .unwrap()
+        .clone();
+    let drive = user.drive_id.clone().unwrap();
+    backup(&fx, &repo);
+
+    // The new file's download is corrupted: run 2 reports it and exits 1.
+    fx.server.corrupt_file("flaky.bin", true);
+    fx.server.add_file(&drive, &[], "flaky.bin", 5000).unwrap();
+    let args = |repo: &Path| {
+        vec![
+            "backup".to_string(),
+            format!("m365:{}", fx.tenant()),
+            "--client-id".into(),
+            GRAPH_CLIENT_ID.into(),
+            "--graph-endpoint".into(),
+            fx.server.graph_endpoint(),
+            "--login-endpoint".into(),
+            fx.server.login_endpoint(),
+            "--include".into(),
+            "mail,onedrive".into(),
+            "--repo".into(),
+            repo.display().to_string(),
+            "--json".into(),
+        ]
+    };
+    let env = [(
+        "FERRY_M365_CLIENT_SECRET".to_string(),
+        GRAPH_CLIENT_SECRET.to_string(),
+    )];
+    let run = ferry_env(&args(&repo), &env);
+    run.expect_code(1);
+    let s2 = run.json();
+    assert_eq!(s2["counts"]["failed"], 1, "{s2:#}");
+
+    // Nothing changes at the source; the next run still reads the file (the drive kept no
+    // cursor, so it is listed whole) and stores it.
+    fx.server.corrupt_file("flaky.bin", false);
+    let downloads = fx.server.stats().downloads;
+    let s3 = backup(&fx, &repo);
+    assert_eq!(s3["counts"]["added"], 1, "{s3:#}");
+    assert_eq!(fx.server.stats().downloads - downloads, 1, "{s3:#}");
+    let tree = restored_drive(
+        dir.path(),
+        &repo,
+        None,
+        &fx.tenant(),
+        &user.user_principal_name,
+    );
+    assert!(tree.contains_key("flaky.bin"), "{tree:#?}");
+}

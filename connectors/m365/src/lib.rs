@@ -651,7 +651,24 @@ impl Connector for M365Connector {
             if all_green { "ok" } else { "problems" }.into(),
         );
         out.insert("reconciliation".into(), Value::Array(recon));
-        out.insert("cursors".into(), Value::Array(state.cursors.clone()));
+        // A mail folder or drive where an item failed keeps no cursor: the next run lists it
+        // whole and reads what the repository does not hold, the failed item included (a delta
+        // from here would never list it again).
+        let cursors: Vec<Value> = state
+            .cursors
+            .iter()
+            .filter(|c| {
+                let container = c["folder_id"].as_str().or(c["drive_id"].as_str());
+                let (Some(account), Some(container)) = (c["account"].as_str(), container) else {
+                    return true;
+                };
+                outcomes
+                    .get(&(account.to_string(), container.to_string()))
+                    .is_none_or(|o| o.failed == 0)
+            })
+            .cloned()
+            .collect();
+        out.insert("cursors".into(), Value::Array(cursors));
         out.insert("users".into(), state.users.into());
         if !state.users_skipped.is_empty() {
             out.insert("users_skipped".into(), json!(state.users_skipped));

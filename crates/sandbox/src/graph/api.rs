@@ -1454,7 +1454,13 @@ pub(crate) fn download(
     let f = &state.cfg.faults;
     let span = end - start;
     let corrupt = (f.corrupt_every > 0 && nf.is_multiple_of(f.corrupt_every))
-        || f.corrupt_always.as_deref() == Some(name.as_str());
+        || f.corrupt_always.as_deref() == Some(name.as_str())
+        || state
+            .live
+            .lock()
+            .expect("live lock")
+            .corrupt
+            .contains(&name);
     let truncate = f.truncate_every > 0 && n.is_multiple_of(f.truncate_every) && span > 0;
     let body = ContentBody {
         spec,

@@ -289,6 +289,8 @@ pub(crate) struct Live {
     pub rng: Rng,
     /// Ids of users deleted from the directory ([`GraphServer::delete_user`]).
     pub deleted_users: std::collections::HashSet<String>,
+    /// Names of files whose downloads are corrupted from now on ([`GraphServer::corrupt_file`]).
+    pub corrupt: std::collections::HashSet<String>,
 }
 
 struct TokenInfo {
@@ -638,6 +640,7 @@ impl State {
                 drives,
                 rng: Rng::new(seed ^ 0x11FE),
                 deleted_users: Default::default(),
+                corrupt: Default::default(),
             }),
             tokens: Mutex::new(HashMap::new()),
             token_serial: AtomicU64::new(0),
@@ -1182,6 +1185,16 @@ impl GraphServer {
         };
         let mut live = self.state.live.lock().expect("live lock");
         live.deleted_users.insert(u.id.clone())
+    }
+
+    /// From now on every download of a file called `name` flips a byte (`false`: stops).
+    pub fn corrupt_file(&self, name: &str, on: bool) {
+        let mut live = self.state.live.lock().expect("live lock");
+        if on {
+            live.corrupt.insert(name.to_string());
+        } else {
+            live.corrupt.remove(name);
+        }
     }
 
     /// Adds a folder `name` under `dir` (folder names from the drive root; they must exist).
