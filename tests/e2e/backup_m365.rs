@@ -464,7 +464,7 @@ fn a_file_that_failed_in_an_incremental_run_is_read_by_the_next() {
         "FERRY_M365_CLIENT_SECRET".to_string(),
         GRAPH_CLIENT_SECRET.to_string(),
     )];
-    let run = ferry_env(&args(&repo), &env);
+    let run = ferry_env(args(&repo), &env);
     run.expect_code(1);
     let s2 = run.json();
     assert_eq!(s2["counts"]["failed"], 1, "{s2:#}");
