@@ -70,8 +70,11 @@ pub enum Command {
     /// The repository (a folder or s3://BUCKET/PREFIX, made on the first run) stores each
     /// content once by its SHA-256 and records every run's added, changed and removed items
     /// with full provenance; items whose size and time (or ETag, version, …) did not change are
-    /// not read again. Runs of one repository never overlap (a lock, taken over when its holder
-    /// is gone); a killed run leaves no trace but reusable content, and the next run completes.
+    /// not read again. fs and S3 are listed whole and compared; Microsoft 365 mail folders and
+    /// drives are read from their delta links, Gmail from its history ids and Google Drive from
+    /// its changes feed, with the cursors kept in the repository. Runs of one repository never
+    /// overlap (a lock, taken over when its holder is gone); a killed run leaves no trace but
+    /// reusable content, and the next run completes.
     #[command(after_long_help = AFTER_HELP)]
     Backup(Box<BackupArgs>),
     /// List a repository's runs: when, what, how much changed, status.
