@@ -53,6 +53,19 @@ pub struct BackupOptions {
     /// The source lists everything every time (fs, S3): keys it no longer lists were removed.
     /// (A source that lists only changes says what was removed itself.)
     pub full_listing: bool,
+    /// Items of a source that lists everything can come back at another key with content
+    /// stored before (S3 with versions: an overwritten object's older version gets a name of
+    /// its own): the previous state's content is then indexed by item identity and
+    /// fingerprint too, so such an item is not read again. Always so for a source that lists
+    /// only changes (moved and renamed items).
+    pub moves: bool,
+}
+
+impl BackupOptions {
+    /// Whether the run indexes the previous state's content by item identity.
+    fn reuses(&self) -> bool {
+        self.moves || !self.full_listing
+    }
 }
 
 fn hash(s: &str) -> u64 {
@@ -194,7 +207,7 @@ impl Backup {
                 progress.known.reserve(n);
                 progress.known_blobs.reserve(n);
                 progress.seen.reserve(n);
-                let full_listing = options.full_listing;
+                let (full_listing, reuses) = (options.full_listing, options.reuses());
                 repo.for_each_head(&p, |e| {
                     let fp = hash(e.fingerprint.as_deref().unwrap_or_default());
                     let h = hash(&e.key);
@@ -203,12 +216,14 @@ impl Backup {
                     if let Some(b) = blob {
                         progress.known_blobs.insert(b);
                     }
-                    if full_listing {
+                    if !reuses {
                         return Ok(());
                     }
                     if let Some(ident) = head_identity(e) {
-                        *progress.known_ids.entry(ident).or_default() += 1;
-                        progress.key_ids.insert(h, ident);
+                        if !full_listing {
+                            *progress.known_ids.entry(ident).or_default() += 1;
+                            progress.key_ids.insert(h, ident);
+                        }
                         if let Some(blob) = blob {
                             let retrieved_at = e
                                 .item
@@ -614,16 +629,21 @@ fn unique_key(p: &mut Progress, item: &Item) -> Result<(String, u64)> {
     )))
 }
 
-/// Incremental sources: notes the item listed at key hash `h` as listed; marks the run
-/// `moved` when its identity had another key in the previous state. Its [`identity`].
-fn note_listed(p: &mut Progress, item: &Item, h: u64) -> u64 {
+/// The item's [`identity`].
+fn item_identity(item: &Item) -> u64 {
     let s = &item.source;
-    let ident = identity(
+    identity(
         &s.system,
         s.account.as_deref(),
         s.container.as_deref(),
         &s.id,
-    );
+    )
+}
+
+/// Incremental sources: notes the item listed at key hash `h` as listed; marks the run
+/// `moved` when its identity had another key in the previous state. Its [`identity`].
+fn note_listed(p: &mut Progress, item: &Item, h: u64) -> u64 {
+    let ident = item_identity(item);
     p.listed.insert(ident);
     if let Some(&n) = p.known_ids.get(&ident) {
         if n > 1 || p.key_ids.get(&h) != Some(&ident) {
@@ -658,9 +678,13 @@ impl Sink for BackupSink {
             }
             return Ok(Placement::AlreadyStored);
         }
-        if !self.0.options.full_listing {
-            // Moved or renamed, the same content: the earlier blob, not read again.
-            let ident = note_listed(&mut p, item, h);
+        if self.0.options.reuses() {
+            let ident = if self.0.options.full_listing {
+                item_identity(item)
+            } else {
+                note_listed(&mut p, item, h)
+            };
+            // Moved, renamed, an older version: the same content, not read again.
             if let Some(prior) = p.priors.get(&(ident, fph)).copied() {
                 drop(p);
                 let op = if known.is_some() { Op::Change } else { Op::Add };
@@ -942,6 +966,7 @@ mod tests {
                 source: "test".into(),
                 options: Default::default(),
                 full_listing,
+                moves: false,
             },
         )
         .await

@@ -124,6 +124,9 @@ pub(crate) async fn run_one(
             // An incremental source says itself what is gone (deltas' deletions, containers
             // listed whole); the others list everything, so what they no longer list is gone.
             full_listing: !incremental,
+            // With --versions an overwritten object's older version gets a name of its own;
+            // its content is the one stored before.
+            moves: source.starts_with("s3://") && args.src.s3.versions,
         },
     )
     .await?;
