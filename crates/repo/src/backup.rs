@@ -599,7 +599,13 @@ async fn clear_partial_runs(store: &dyn ObjectStore) -> Result<()> {
 fn unique_key(p: &mut Progress, item: &Item) -> Result<(String, u64)> {
     let key = entry_key(item);
     let h = hash(&key);
-    if p.seen.insert(h) {
+    // An incremental source lists only what changed: the plain key may belong to a twin the
+    // previous state holds and this run does not list. It stays that twin's.
+    let held_by_twin = p
+        .key_ids
+        .get(&h)
+        .is_some_and(|&owner| owner != item_identity(item));
+    if !held_by_twin && p.seen.insert(h) {
         return Ok((key, h));
     }
     let s = &item.source;
@@ -1153,11 +1159,42 @@ mod tests {
         assert_eq!(third.record.counts.removed, 0);
         assert_eq!(third.record.counts.state_entries, 2);
 
+        // Two files of one name in one folder (Drive allows it): the second gets a twin key.
+        // When only the second changes, a delta lists it alone — it keeps its twin key and the
+        // first keeps the plain one.
+        let t1 = item("7", &["ann", "twins", "notes.txt"], 2, "v1");
+        let t2 = item("8", &["ann", "twins", "notes.txt"], 2, "v1");
+        let (before, read) = run(&repo, &[(t1, b"t1"), (t2, b"t2")]).await;
+        assert_eq!(read.len(), 2);
+        let twin_keys: Vec<String> = state(&repo, &before.record.id)
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.contains("/twins/"))
+            .collect();
+        assert_eq!(twin_keys.len(), 2, "{twin_keys:?}");
+        let t2 = item("8", &["ann", "twins", "notes.txt"], 3, "v2");
+        let (after, read) = run(&repo, &[(t2, b"t2!")]).await;
+        assert_eq!(read.len(), 1);
+        let c = &after.record.counts;
+        assert_eq!((c.added, c.changed, c.removed), (0, 1, 0), "{c:?}");
+        let now = state(&repo, &after.record.id).await;
+        let twins: Vec<_> = now.iter().filter(|(k, _)| k.contains("/twins/")).collect();
+        assert_eq!(twins.len(), 2, "{now:?}");
+        assert!(twins
+            .iter()
+            .any(|(k, sha)| k == "m365/ann/twins/notes.txt"
+                && *sha == crate::format::sha256_hex(b"t1")));
+        assert!(twins
+            .iter()
+            .any(|(k, sha)| k != "m365/ann/twins/notes.txt"
+                && *sha == crate::format::sha256_hex(b"t2!")));
+
         // Moved again, but not read: its earlier key stays.
         let b3 = item("2", &["ann", "b.txt"], 2, "v3");
         let (fourth, read) = run(&repo, &[(b3, b"")]).await;
         assert_eq!(read, vec!["m365/ann/b.txt"]);
         assert_eq!(fourth.record.counts.removed, 0);
-        assert_eq!(fourth.record.counts.state_entries, 2);
+        assert_eq!(fourth.record.counts.state_entries, 4, "two files and two twins");
     }
 }
