@@ -580,3 +580,22 @@ fn an_s3_bucket_with_versions_reads_each_version_once() {
     v.expect_code(0);
     assert_eq!(v.json()["status"], "valid", "{}", v.stdout);
 }
+
+#[test]
+fn a_source_that_does_not_answer_makes_no_repository() {
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    let missing = dir.path().join("no-such-folder");
+    let run = ferry([
+        "backup",
+        &format!("fs:{}", missing.display()),
+        "--repo",
+        repo.to_str().unwrap(),
+    ]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("no-such-folder"), "{}", run.stderr);
+    assert!(
+        !repo.exists(),
+        "the repository was made before the source answered"
+    );
+}

@@ -531,7 +531,7 @@ impl Backup {
             cursors,
             notes,
         };
-        let bytes = serde_json::to_vec_pretty(&record).expect("JSON");
+        let bytes = record_bytes(&record);
         let sha256 = crate::format::sha256_hex(&bytes);
         if !store
             .put_new(&run_file(&self.id, RUN_FILE), Bytes::from(bytes))
@@ -556,6 +556,28 @@ impl Backup {
             let _ = lock.release().await;
         }
     }
+}
+
+/// run.json: indented for people, but the cursors on one line — a drive's folder map holds
+/// a triple per folder, which indentation would more than double.
+fn record_bytes(record: &RunRecord) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Written<'a> {
+        #[serde(flatten)]
+        rest: serde_json::Map<String, serde_json::Value>,
+        cursors: &'a serde_json::value::RawValue,
+    }
+    let mut rest = match serde_json::to_value(record).expect("JSON") {
+        serde_json::Value::Object(m) => m,
+        _ => unreachable!("a run record is an object"),
+    };
+    let cursors = rest.remove("cursors").unwrap_or_default();
+    let raw = serde_json::value::RawValue::from_string(cursors.to_string()).expect("JSON");
+    serde_json::to_vec_pretty(&Written {
+        rest,
+        cursors: &raw,
+    })
+    .expect("JSON")
 }
 
 fn blob_bytes(hex: &str) -> Option<[u8; 32]> {
@@ -1195,6 +1217,9 @@ mod tests {
         let (fourth, read) = run(&repo, &[(b3, b"")]).await;
         assert_eq!(read, vec!["m365/ann/b.txt"]);
         assert_eq!(fourth.record.counts.removed, 0);
-        assert_eq!(fourth.record.counts.state_entries, 4, "two files and two twins");
+        assert_eq!(
+            fourth.record.counts.state_entries, 4,
+            "two files and two twins"
+        );
     }
 }

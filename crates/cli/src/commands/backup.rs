@@ -104,16 +104,25 @@ pub(crate) async fn run_one(
         repo: repo_uri.to_string(),
         work_dir: args.work_dir.clone(),
     };
-    let repo = open_repo(&repo_args, &args.src.s3.conn, true).await?;
     let job = args.job.clone().unwrap_or_else(|| default_job(source));
-    // Sources that can list only what changed start from the job's last run's cursors.
-    let since = match repo.latest_of_job(&job).await? {
-        Some(previous) => Some(repo.run(&previous).await?.record.cursors),
+    // Sources that can list only what changed start from the job's last run's cursors. A
+    // repository that does not exist yet is made only once the source answered, so a mistyped
+    // source leaves nothing behind.
+    let existing = open_repo(&repo_args, &args.src.s3.conn, false).await.ok();
+    let since = match &existing {
+        Some(repo) => match repo.latest_of_job(&job).await? {
+            Some(previous) => Some(repo.run(&previous).await?.record.cursors),
+            None => None,
+        },
         None => None,
     };
     let incremental = source.starts_with("m365:") || source.starts_with("google:");
     let connector = crate::source::connector_for(source, &args.src, repo_uri, since)?;
     connector.check().await?;
+    let repo = match existing {
+        Some(repo) => repo,
+        None => open_repo(&repo_args, &args.src.s3.conn, true).await?,
+    };
     let info = connector.info();
     let backup = Backup::start(
         repo.clone(),
