@@ -5,7 +5,9 @@
 //! implementation — SigV4 authentication, XML listings with paging, ranged GETs, multipart
 //! uploads, checksums — over files). Buckets are folders under the root and objects are files,
 //! so it cannot hold keys that a filesystem cannot (`x` and `x/y` both); tests that need those
-//! use an independent server process as well.
+//! use an independent server process as well. Listings are the sandbox's own (one walk per
+//! listing, pages served from it, ETags, `encoding-type=url`): s3s-fs's walk the whole bucket for
+//! every page.
 //!
 //! [`GraphServer`] is a Microsoft Graph stand-in (mail, OneDrive, SharePoint, the identity
 //! platform's token endpoint) over a seeded tenant whose [`graph::Truth`] tests compare exports
@@ -17,6 +19,7 @@
 
 pub mod google;
 pub mod graph;
+mod s3;
 
 pub use google::{
     GoogleConfig, GoogleFaults, GoogleServer, GoogleStats, GoogleTruth, GOOGLE_SA_CLIENT_EMAIL,
@@ -157,9 +160,9 @@ impl S3Server {
     pub async fn start_with(root: &Path, port: u16, faults: Faults) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
         let counters = Arc::new(S3Counters::default());
-        let fs = s3s_fs::FileSystem::new(root).map_err(|e| io::Error::other(format!("{e:?}")))?;
+        let backend = s3::SandboxS3::new(root)?;
         let service = {
-            let mut b = S3ServiceBuilder::new(fs);
+            let mut b = S3ServiceBuilder::new(backend);
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));
             b.set_access(DenyReads {
                 prefix: faults.deny_read_prefix.clone(),
