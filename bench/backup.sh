@@ -5,15 +5,13 @@
 #
 #   bench/backup.sh [full|quick]      (default: full)
 #
-#   full    FILES=100000 files for fs: and restic, S3_FILES=20000 for the S3 sandbox (it lists a
-#           bucket by walking all of it for every 1,000-key page, so a listing of 100,000 objects
-#           takes minutes: S3_FILES=100000 measures that too, in about 20 minutes more)
+#   full    FILES=100000 files for fs: and restic, S3_FILES=100000 for the S3 sandbox
 #   quick   a trial of the script: 2,000 files for both; prints only
 #
 # The tree: FILES files in nested folders (dNN/dN/dN/, 50 files each), sizes log-uniform from 1 to
 # 64 KiB, incompressible pseudo-random content from SEED (bench/backuphelper.py gen). The S3
-# sandbox (`ferry sandbox s3`, s3s-fs) serves a bucket made the same way with S3_FILES files: the
-# first S3_FILES files of the tree. Before run 3, 1% of each changes: new content for 0.5% of the
+# sandbox (`ferry sandbox s3`: s3s-fs, with its own paged listing) serves a bucket made the same
+# way with S3_FILES files: the first S3_FILES files of the tree. Before run 3, 1% of each changes: new content for 0.5% of the
 # files, 0.25% added, 0.25% deleted. Each run, under /usr/bin/time, into its own repository:
 #
 #   ferry backup fs:TREE --repo R --json
@@ -60,7 +58,7 @@ if [[ $MODE == quick ]]; then
     FILES=${FILES:-2000} S3_FILES=${S3_FILES:-2000} QUIET_WAIT=${QUIET_WAIT:-5}
 fi
 FILES=${FILES:-100000}
-S3_FILES=${S3_FILES:-20000}
+S3_FILES=${S3_FILES:-100000}
 SEED=${SEED:-1}
 RESTIC=${RESTIC:-restic}
 BENCH_DIR=${BENCH_DIR:-/tmp/ferry-backup-bench}
@@ -75,7 +73,7 @@ for v in SEED PORT QUIET_MAX QUIET_WAIT; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer"
 done
 full=0
-[[ $MODE == full && $FILES == 100000 && $S3_FILES == 20000 ]] && full=1
+[[ $MODE == full && $FILES == 100000 && $S3_FILES == 100000 ]] && full=1
 default_docs "$full"
 
 # --- Tools (installs nothing) -----------------------------------------------------------------
@@ -215,7 +213,7 @@ config() {
         "$FILES" "$SEED" "$S3_FILES"
     printf 'change\tfs %s modified, %s added, %s deleted; S3 %s modified, %s added, %s deleted\n' \
         "$fs_mod" "$fs_add" "$fs_del" "$s3_mod" "$s3_add" "$s3_del"
-    printf 'server\tferry sandbox s3 (s3s-fs) on 127.0.0.1, logging each request (s3s debug) to count them\n'
+    printf 'server\tferry sandbox s3 (s3s-fs storage, its own paged listing) on 127.0.0.1, logging each request (s3s debug) to count them\n'
     printf 'command\tferry backup fs:TREE --repo R --json; restic -r R --cache-dir C backup --json TREE; ferry backup s3://%s --endpoint-url EP --repo R --json\n' "$BUCKET"
     printf 'title:fs\tFrom a folder — %s files (fs: and restic, the same tree)\n' "$FILES"
     printf 'title:s3\tFrom the S3 sandbox — %s objects (ferry only: restic cannot read S3)\n' "$S3_FILES"
