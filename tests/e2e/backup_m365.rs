@@ -485,3 +485,68 @@ fn a_file_that_failed_in_an_incremental_run_is_read_by_the_next() {
     );
     assert!(tree.contains_key("flaky.bin"), "{tree:#?}");
 }
+
+#[test]
+fn a_document_library_deleted_since_the_last_run_has_its_files_removed() {
+    let fx = GraphFixture::start(GraphConfig {
+        users: 1,
+        messages_per_user: 1,
+        files_per_user: 2,
+        ..GraphConfig::default()
+    });
+    let dir = tempdir();
+    let repo = dir.path().join("repo");
+    let truth = fx.server.truth().clone();
+    let args = |repo: &Path| {
+        vec![
+            "backup".to_string(),
+            format!("m365:{}", fx.tenant()),
+            "--client-id".into(),
+            GRAPH_CLIENT_ID.into(),
+            "--graph-endpoint".into(),
+            fx.server.graph_endpoint(),
+            "--login-endpoint".into(),
+            fx.server.login_endpoint(),
+            "--include".into(),
+            "sharepoint".into(),
+            "--repo".into(),
+            repo.display().to_string(),
+            "--json".into(),
+        ]
+    };
+    let env = [(
+        "FERRY_M365_CLIENT_SECRET".to_string(),
+        GRAPH_CLIENT_SECRET.to_string(),
+    )];
+    let run = ferry_env(args(&repo), &env);
+    run.expect_code(0);
+    let s1 = run.json();
+    // A library with files, in a site that keeps another library or not: either way only its
+    // files go.
+    let (_, drive) = truth
+        .sites
+        .iter()
+        .flat_map(|s| s.drive_ids.iter().map(move |d| (s, d)))
+        .find(|(_, d)| truth.files.iter().any(|f| &f.drive_id == *d))
+        .expect("a library with files");
+    let drive_files = truth.files.iter().filter(|f| &f.drive_id == drive).count() as u64;
+    assert!(fx.server.delete_drive(drive));
+    let downloads = fx.server.stats().downloads;
+    let run = ferry_env(args(&repo), &env);
+    run.expect_code(0);
+    let s2 = run.json();
+    assert_eq!(fx.server.stats().downloads, downloads, "{s2:#}");
+    let removed = s2["counts"]["removed"].as_u64().unwrap();
+    assert!(removed >= drive_files, "{s2:#}");
+    assert_eq!(
+        s2["counts"]["state_entries"].as_u64().unwrap() + removed,
+        s1["counts"]["state_entries"].as_u64().unwrap(),
+        "{s2:#}"
+    );
+    let runs = ferry(["runs", "--repo", repo.to_str().unwrap(), "--json"]);
+    let last: Value = serde_json::from_str(runs.stdout.lines().last().unwrap()).unwrap();
+    assert!(
+        last.to_string().contains("the library is gone"),
+        "the run says why: {last:#}"
+    );
+}

@@ -1197,6 +1197,15 @@ impl GraphServer {
         }
     }
 
+    /// Deletes a drive (a site's document library) with everything in it: the site no longer
+    /// lists it and its routes answer 404. False if unknown.
+    pub fn delete_drive(&self, drive_id: &str) -> bool {
+        let mut live = self.state.live.lock().expect("live lock");
+        let before = live.drives.len();
+        live.drives.retain(|d| d.drive.id != drive_id);
+        live.drives.len() < before
+    }
+
     /// Adds a folder `name` under `dir` (folder names from the drive root; they must exist).
     /// Returns its id, or None if the drive or `dir` is unknown.
     pub fn add_drive_folder(&self, drive_id: &str, dir: &[&str], name: &str) -> Option<String> {
