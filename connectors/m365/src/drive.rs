@@ -33,6 +33,30 @@ struct DriveTarget {
     scope: Scope,
 }
 
+impl DriveTarget {
+    /// What the reconciliation says about this drive's listing.
+    fn record(
+        &self,
+        files: u64,
+        folders: u64,
+        deleted_seen: u64,
+        repeats: u64,
+        resynced: bool,
+    ) -> DriveRecord {
+        DriveRecord {
+            account: self.account.clone(),
+            drive_id: self.drive_id.clone(),
+            drive_type: self.drive_type.clone(),
+            name: self.name.clone(),
+            files,
+            folders,
+            deleted_seen,
+            repeats,
+            resynced,
+        }
+    }
+}
+
 /// Lists a user's OneDrive.
 pub(crate) async fn list_user_drive(inner: &Inner, user: &User, tx: &Sender) -> Result<()> {
     let url = format!("{}/users/{}/drive", inner.graph.root(), segment(&user.id));
@@ -478,17 +502,13 @@ async fn list_drive_changes(
         }
     }
     let mut st = inner.state.lock().expect("state");
-    st.drives.push(DriveRecord {
-        account: target.account.clone(),
-        drive_id: target.drive_id.clone(),
-        drive_type: target.drive_type.clone(),
-        name: target.name.clone(),
-        files: files_listed,
-        folders: map.folders.len() as u64,
-        deleted_seen: deleted,
+    st.drives.push(target.record(
+        files_listed,
+        map.folders.len() as u64,
+        deleted,
         repeats,
-        resynced: false,
-    });
+        false,
+    ));
     st.cursors.push(drive_cursor(target, &delta, &map));
     Ok(Changes::Listed)
 }
@@ -635,17 +655,8 @@ async fn list_drive_whole(inner: &Inner, target: DriveTarget, tx: &Sender) -> Re
         .await?;
     }
     let mut st = inner.state.lock().expect("state");
-    st.drives.push(DriveRecord {
-        account: target.account.clone(),
-        drive_id: target.drive_id.clone(),
-        drive_type: target.drive_type.clone(),
-        name: target.name.clone(),
-        files,
-        folders: folder_count,
-        deleted_seen: deleted,
-        repeats,
-        resynced,
-    });
+    st.drives
+        .push(target.record(files, folder_count, deleted, repeats, resynced));
     // A listing with failures keeps no cursor, so the next run lists the drive whole again
     // instead of never seeing what failed here.
     if let (Some(link), false) = (delta, listing_failed) {

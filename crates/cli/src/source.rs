@@ -279,6 +279,15 @@ fn comma_list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// How the pipeline runs a source: `--concurrency` and `--retries`.
+pub fn pipeline_options(args: &SourceArgs) -> ferry_core::PipelineOptions {
+    ferry_core::PipelineOptions {
+        concurrency: args.concurrency as usize,
+        retry: retry_policy(args),
+        ..ferry_core::PipelineOptions::default()
+    }
+}
+
 /// The shared retry policy with `--retries`.
 pub fn retry_policy(args: &SourceArgs) -> ferry_core::RetryPolicy {
     ferry_core::RetryPolicy {

@@ -145,6 +145,12 @@ impl Repository {
 
     /// The ids of every complete run (those with a `run.json`), oldest first.
     pub async fn run_ids(&self) -> Result<Vec<String>> {
+        self.runs_holding(RUN_FILE).await
+    }
+
+    /// The ids of the runs whose folder holds a file called `name`, sorted.
+    pub async fn runs_holding(&self, name: &str) -> Result<Vec<String>> {
+        let suffix = format!("/{name}");
         let mut ids: Vec<String> = self
             .store
             .list("runs/")
@@ -153,7 +159,7 @@ impl Repository {
             .filter_map(|o| {
                 o.key
                     .strip_prefix("runs/")?
-                    .strip_suffix(&format!("/{RUN_FILE}"))
+                    .strip_suffix(&suffix)
                     .map(str::to_string)
             })
             .collect();

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use ferry_core::{ObjectStore, PipelineOptions, Sink};
+use ferry_core::{ObjectStore, Sink};
 use ferry_repo::restore::Glob;
 use ferry_repo::{Backup, BackupOptions, BackupSink, FolderStore, Repository};
 use indicatif::HumanBytes;
@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use super::exit;
 use crate::cli::{BackupArgs, Cli, RepoArgs, RestoreArgs, RunsArgs, S3ConnectionArgs};
-use crate::source::retry_policy;
 
 /// Opens the repository `args` names; with `create`, makes it on first use.
 pub(crate) async fn open_repo(
@@ -144,11 +143,7 @@ pub(crate) async fn run_one(
         cli,
         connector.clone(),
         sink,
-        PipelineOptions {
-            concurrency: args.src.concurrency as usize,
-            retry: retry_policy(&args.src),
-            ..PipelineOptions::default()
-        },
+        crate::source::pipeline_options(&args.src),
     )
     .await;
     let (report, fatal) = (ran.report, ran.fatal);
@@ -246,16 +241,9 @@ pub async fn runs(_cli: &Cli, args: &RunsArgs) -> Result<i32> {
     let runs = repo.runs().await?;
     // States prune wrote into kept runs are not in their records.
     let full_states: std::collections::HashSet<String> = repo
-        .store()
-        .list("runs/")
+        .runs_holding(ferry_repo::format::STATE_FILE)
         .await?
         .into_iter()
-        .filter_map(|o| {
-            o.key
-                .strip_prefix("runs/")?
-                .strip_suffix(&format!("/{}", ferry_repo::format::STATE_FILE))
-                .map(str::to_string)
-        })
         .collect();
     for r in runs.iter().filter(|r| {
         job.as_deref()

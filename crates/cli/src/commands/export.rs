@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ferry_archive::writer::{BagOptions, BagSummary, BagTarget, BagWriter};
-use ferry_core::{DigestAlgorithm, PipelineOptions, RunReport, Sink};
+use ferry_core::{DigestAlgorithm, RunReport, Sink};
 use ferry_s3::ObjectLock;
 use indicatif::HumanBytes;
 use serde::Serialize;
@@ -183,11 +183,7 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
         cli,
         connector.clone(),
         sink,
-        PipelineOptions {
-            concurrency: args.src.concurrency as usize,
-            retry: retry_policy(&args.src),
-            ..PipelineOptions::default()
-        },
+        crate::source::pipeline_options(&args.src),
     )
     .await;
     let (report, status, code, bag, error) = super::run::finish_bag(
