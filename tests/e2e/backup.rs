@@ -15,23 +15,13 @@ use serde_json::Value;
 
 /// Every file under `root`, relative path → bytes.
 fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(
-                    p.strip_prefix(root).unwrap().to_path_buf(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p.strip_prefix(root).unwrap().to_path_buf(), bytes)
+        })
+        .collect()
 }
 
 fn backup(src: &Path, repo: &Path, extra: &[&str]) -> Value {
@@ -157,27 +147,13 @@ fn a_second_run_reads_only_what_changed_and_both_runs_restore_exactly() {
     let readme = std::fs::read_to_string(repo.join("README.txt")).unwrap();
     assert!(readme.contains("sha256sum"));
     // Each blob is named by its content's SHA-256.
-    let blob = walk_files(&repo.join("blobs")).into_iter().next().unwrap();
+    let blob = files_under(&repo.join("blobs")).into_iter().next().unwrap();
     let bytes = std::fs::read(&blob).unwrap();
     use sha2::Digest as _;
     assert_eq!(
         hex::encode(sha2::Sha256::digest(&bytes)),
         blob.file_name().unwrap().to_str().unwrap()
     );
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                out.extend(walk_files(&e.path()));
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -248,7 +224,7 @@ fn an_s3_bucket_backed_up_twice_is_read_once_by_the_server_count() {
     let out = dir.path().join("out");
     restore(&repo, "latest", &out, &[]).expect_code(0);
     // The layout below s3/ is the connector's (host and bucket); find the object there.
-    let f = walk_files(&out)
+    let f = files_under(&out)
         .into_iter()
         .find(|p| p.ends_with("photos/2024/img3.jpg"))
         .expect("img3.jpg restored");
@@ -282,7 +258,7 @@ fn a_run_killed_mid_way_is_not_recorded_and_the_next_run_completes() {
         .unwrap();
     // Kill it once some content is in the repository.
     let t0 = std::time::Instant::now();
-    while walk_files(&repo.join("blobs")).len() < 200 && t0.elapsed() < Duration::from_secs(30) {
+    while files_under(&repo.join("blobs")).len() < 200 && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = child.kill();
@@ -553,7 +529,7 @@ fn an_s3_bucket_with_versions_reads_each_version_once() {
         .to_string();
     let out = dir.path().join("out");
     restore(&repo, "latest", &out, &[]).expect_code(0);
-    let files: BTreeMap<String, Vec<u8>> = walk_files(&out)
+    let files: BTreeMap<String, Vec<u8>> = files_under(&out)
         .into_iter()
         .map(|p| {
             let bytes = std::fs::read(&p).unwrap();
@@ -571,7 +547,7 @@ fn an_s3_bucket_with_versions_reads_each_version_once() {
     assert_eq!(bytes, b"version one");
     let first = dir.path().join("first");
     restore(&repo, s1["run"].as_str().unwrap(), &first, &[]).expect_code(0);
-    let files = walk_files(&first);
+    let files = files_under(&first);
     assert_eq!(files.len(), 2, "{files:?}");
     let doc = files.iter().find(|p| p.ends_with("doc.txt")).unwrap();
     assert_eq!(std::fs::read(doc).unwrap(), b"version one");

@@ -54,20 +54,15 @@ fn backup_run(
     run.json()
 }
 
-fn emls(root: &Path) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "eml") {
-                out.push(std::fs::read(p).unwrap());
-            }
-        }
-    }
-    out
+/// The first user who is neither suspended nor the administrator.
+fn ordinary_user(truth: &ferry_sandbox::GoogleTruth) -> String {
+    truth
+        .users
+        .iter()
+        .find(|u| !u.suspended && !u.is_admin)
+        .unwrap()
+        .email
+        .clone()
 }
 
 fn restore(repo: &Path, run: &str, to: &Path) {
@@ -92,13 +87,7 @@ fn a_second_run_reads_the_history_and_downloads_only_the_new_message() {
         ..GoogleConfig::default()
     });
     let truth = fx.server.truth().clone();
-    let user = truth
-        .users
-        .iter()
-        .find(|u| !u.suspended && !u.is_admin)
-        .unwrap()
-        .email
-        .clone();
+    let user = ordinary_user(&truth);
     let dir = tempdir();
     let repo = dir.path().join("repo");
     let s1 = backup(&fx, &repo, &user);
@@ -224,13 +213,7 @@ fn drives_are_read_from_the_changes_feed_and_listed_whole_when_a_folder_moves() 
         ..GoogleConfig::default()
     });
     let truth = fx.server.truth().clone();
-    let user = truth
-        .users
-        .iter()
-        .find(|u| !u.suspended && !u.is_admin)
-        .unwrap()
-        .email
-        .clone();
+    let user = ordinary_user(&truth);
     let shared = truth
         .shared_drives
         .iter()
@@ -429,15 +412,7 @@ fn what_failed_in_an_incremental_run_is_read_again_by_the_next() {
         shared_drives: 0,
         ..GoogleConfig::default()
     });
-    let user = fx
-        .server
-        .truth()
-        .users
-        .iter()
-        .find(|u| !u.suspended && !u.is_admin)
-        .unwrap()
-        .email
-        .clone();
+    let user = ordinary_user(fx.server.truth());
     let dir = tempdir();
     let repo = dir.path().join("repo");
     backup(&fx, &repo, &user);
@@ -497,13 +472,7 @@ fn a_renamed_shared_drive_moves_to_its_new_name_and_a_deleted_one_is_emptied() {
         ..GoogleConfig::default()
     });
     let truth = fx.server.truth().clone();
-    let user = truth
-        .users
-        .iter()
-        .find(|u| !u.suspended && !u.is_admin)
-        .unwrap()
-        .email
-        .clone();
+    let user = ordinary_user(&truth);
     let drives: Vec<_> = truth
         .shared_drives
         .iter()

@@ -10,7 +10,8 @@ use ferry_e2e::*;
 use ferry_sandbox::{GraphConfig, GRAPH_CLIENT_ID, GRAPH_CLIENT_SECRET};
 use serde_json::Value;
 
-fn backup(fx: &GraphFixture, repo: &Path) -> Value {
+/// `ferry backup m365:… --include INCLUDE --repo REPO --json`.
+fn backup_run(fx: &GraphFixture, repo: &Path, include: &str) -> Run {
     let args = vec![
         "backup".to_string(),
         format!("m365:{}", fx.tenant()),
@@ -21,37 +22,25 @@ fn backup(fx: &GraphFixture, repo: &Path) -> Value {
         "--login-endpoint".into(),
         fx.server.login_endpoint(),
         "--include".into(),
-        "mail,onedrive".into(),
+        include.into(),
         "--repo".into(),
         repo.display().to_string(),
         "--json".into(),
     ];
-    let run = ferry_env(
+    ferry_env(
         &args,
         &[(
             "FERRY_M365_CLIENT_SECRET".to_string(),
             GRAPH_CLIENT_SECRET.to_string(),
         )],
-    );
-    run.expect_code(0);
-    run.json()
+    )
 }
 
-/// Every restored .eml's bytes under `root`.
-fn emls(root: &Path) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "eml") {
-                out.push(std::fs::read(p).unwrap());
-            }
-        }
-    }
-    out
+/// A mail and OneDrive backup that must succeed; its summary.
+fn backup(fx: &GraphFixture, repo: &Path) -> Value {
+    let run = backup_run(fx, repo, "mail,onedrive");
+    run.expect_code(0);
+    run.json()
 }
 
 #[test]
@@ -163,23 +152,13 @@ fn a_second_run_lists_from_delta_links_and_downloads_only_the_new_message() {
 /// SHA-256 of every file restored under `root`, by path relative to it.
 fn tree(root: &Path) -> std::collections::BTreeMap<String, String> {
     use sha2::Digest as _;
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, hex(&sha2::Sha256::digest(std::fs::read(&p).unwrap())));
-            }
-        }
-    }
-    out
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, hex(&sha2::Sha256::digest(std::fs::read(&p).unwrap())))
+        })
+        .collect()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -443,28 +422,7 @@ fn a_file_that_failed_in_an_incremental_run_is_read_by_the_next() {
     // The new file's download is corrupted: run 2 reports it and exits 1.
     fx.server.corrupt_file("flaky.bin", true);
     fx.server.add_file(&drive, &[], "flaky.bin", 5000).unwrap();
-    let args = |repo: &Path| {
-        vec![
-            "backup".to_string(),
-            format!("m365:{}", fx.tenant()),
-            "--client-id".into(),
-            GRAPH_CLIENT_ID.into(),
-            "--graph-endpoint".into(),
-            fx.server.graph_endpoint(),
-            "--login-endpoint".into(),
-            fx.server.login_endpoint(),
-            "--include".into(),
-            "mail,onedrive".into(),
-            "--repo".into(),
-            repo.display().to_string(),
-            "--json".into(),
-        ]
-    };
-    let env = [(
-        "FERRY_M365_CLIENT_SECRET".to_string(),
-        GRAPH_CLIENT_SECRET.to_string(),
-    )];
-    let run = ferry_env(args(&repo), &env);
+    let run = backup_run(&fx, &repo, "mail,onedrive");
     run.expect_code(1);
     let s2 = run.json();
     assert_eq!(s2["counts"]["failed"], 1, "{s2:#}");
@@ -497,28 +455,7 @@ fn a_document_library_deleted_since_the_last_run_has_its_files_removed() {
     let dir = tempdir();
     let repo = dir.path().join("repo");
     let truth = fx.server.truth().clone();
-    let args = |repo: &Path| {
-        vec![
-            "backup".to_string(),
-            format!("m365:{}", fx.tenant()),
-            "--client-id".into(),
-            GRAPH_CLIENT_ID.into(),
-            "--graph-endpoint".into(),
-            fx.server.graph_endpoint(),
-            "--login-endpoint".into(),
-            fx.server.login_endpoint(),
-            "--include".into(),
-            "sharepoint".into(),
-            "--repo".into(),
-            repo.display().to_string(),
-            "--json".into(),
-        ]
-    };
-    let env = [(
-        "FERRY_M365_CLIENT_SECRET".to_string(),
-        GRAPH_CLIENT_SECRET.to_string(),
-    )];
-    let run = ferry_env(args(&repo), &env);
+    let run = backup_run(&fx, &repo, "sharepoint");
     run.expect_code(0);
     let s1 = run.json();
     // A library with files, in a site that keeps another library or not: either way only its
@@ -532,7 +469,7 @@ fn a_document_library_deleted_since_the_last_run_has_its_files_removed() {
     let drive_files = truth.files.iter().filter(|f| &f.drive_id == drive).count() as u64;
     assert!(fx.server.delete_drive(drive));
     let downloads = fx.server.stats().downloads;
-    let run = ferry_env(args(&repo), &env);
+    let run = backup_run(&fx, &repo, "sharepoint");
     run.expect_code(0);
     let s2 = run.json();
     assert_eq!(fx.server.stats().downloads, downloads, "{s2:#}");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ferry_e2e::{ferry, ferry_env, tempdir, Run};
+use ferry_e2e::{ferry, ferry_env, files_under, tempdir, Run};
 use serde_json::Value;
 
 /// When each run starts: four days, two runs on the fourth.
@@ -66,25 +66,13 @@ fn put(path: &Path, content: &[u8], mtime: SystemTime) {
 }
 
 fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().to_string_lossy().into_owned();
-            let rel = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            if e.file_type().unwrap().is_dir() {
-                walk(&e.path(), &rel, out);
-            } else {
-                out.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, "", &mut out);
-    out
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect()
 }
 
 fn backup(src: &Path, repo: &Path, now: &str) -> String {

@@ -288,6 +288,36 @@ pub fn items(bag: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every entry under `root` that is not a folder, at any depth, sorted; none for a folder that
+/// does not exist.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The bytes of every `.eml` file under `root`.
+pub fn emls(root: &Path) -> Vec<Vec<u8>> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect()
+}
+
 /// A temporary folder that everyone can enter (so tests can also run ferry as another user).
 pub fn tempdir() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
