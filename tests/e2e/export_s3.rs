@@ -247,74 +247,54 @@ fn wrong_settings_get_one_clear_sentence_and_exit_2() {
 
 #[test]
 fn bytes_changed_on_the_server_during_the_download_are_caught() {
-    let fx = S3Fixture::sandbox();
-    fx.bucket("bkt");
-    let data = pseudo_random(24 << 20, 5);
-    fx.put("bkt", "changing.bin", &data);
-    fx.put("bkt", "steady.txt", b"steady");
-    let tmp = tempdir();
-    let bag = tmp.path().join("bag");
-    let file = fx
-        .sandbox
-        .as_ref()
-        .unwrap()
-        .object_path("bkt", "changing.bin");
-    // Start the export, and rewrite the object's bytes on the server (keeping its size and the
-    // ETag the server stored) while ferry reads it in 1 MiB ranges.
-    let mut args = vec![
-        "export".to_string(),
-        "s3://bkt".into(),
-        "--to".into(),
-        bag.display().to_string(),
-        "--endpoint-url".into(),
-        fx.endpoint.clone(),
-    ];
-    args.extend(
-        [
-            "--part-size",
-            "1MiB",
-            "--parallel-parts",
-            "1",
-            "--retries",
-            "2",
-            "--json",
-        ]
-        .map(String::from),
-    );
-    let mut cmd = std::process::Command::new(ferry_bin());
-    cmd.args(&args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in fx.env() {
-        cmd.env(k, v);
+    // The server inverts 4 KiB in the middle of the object's file right after the first
+    // 256 KiB of its first GET have been read (size and stored ETag kept), so the change lands
+    // mid-download whatever the timing: in one streaming GET (`--parallel-parts 1`), and
+    // between ranged GETs of 1 MiB parts.
+    for parallel in ["1", "3"] {
+        let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
+            change_while_read: Some(("bkt".into(), "changing.bin".into())),
+            ..Default::default()
+        });
+        fx.bucket("bkt");
+        let data = pseudo_random(24 << 20, 5);
+        fx.put("bkt", "changing.bin", &data);
+        fx.put("bkt", "steady.txt", b"steady");
+        let tmp = tempdir();
+        let bag = tmp.path().join("bag");
+        let bag_arg = bag.display().to_string();
+        let run = ferry_env(
+            [
+                "export",
+                "s3://bkt",
+                "--to",
+                &bag_arg,
+                "--endpoint-url",
+                &fx.endpoint,
+                "--part-size",
+                "1MiB",
+                "--parallel-parts",
+                parallel,
+                "--retries",
+                "2",
+                "--json",
+            ],
+            &fx.env(),
+        );
+        assert_eq!(run.code, 1, "--parallel-parts {parallel}: {run:?}");
+        let failures = std::fs::read_to_string(bag.join("ferry/failures.jsonl")).unwrap();
+        assert!(
+            failures.contains("changing.bin") && failures.contains("checksum mismatch"),
+            "--parallel-parts {parallel}: {failures}"
+        );
+        let records = by_key(&bag);
+        assert!(
+            !records.contains_key("changing.bin"),
+            "a changed object is never archived"
+        );
+        assert!(records.contains_key("steady.txt"), "the rest still is");
+        assert_bagit_py_valid(&bag);
     }
-    let child = cmd.spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    let mut changed = data.clone();
-    for b in changed.iter_mut().skip(20 << 20).take(4096) {
-        *b ^= 0xFF;
-    }
-    std::fs::write(&file, &changed).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let failures = std::fs::read_to_string(bag.join("ferry/failures.jsonl")).unwrap();
-    assert!(
-        failures.contains("changing.bin") && failures.contains("checksum mismatch"),
-        "{failures}"
-    );
-    let records = by_key(&bag);
-    assert!(
-        !records.contains_key("changing.bin"),
-        "a changed object is never archived"
-    );
-    assert!(records.contains_key("steady.txt"), "the rest still is");
-    assert_bagit_py_valid(&bag);
 }
 
 #[test]
@@ -543,7 +523,7 @@ fn slow_down_answers_are_retried_after_the_time_the_server_asks() {
     // Every 3rd object request is answered 503 SlowDown, Retry-After: 1.
     let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
         slow_down_every: 3,
-        deny_read_prefix: None,
+        ..Default::default()
     });
     fx.bucket("busy");
     for i in 0..12 {
@@ -599,8 +579,8 @@ fn a_tls_failure_is_one_clear_sentence() {
 #[test]
 fn access_denied_on_some_objects_fails_them_and_keeps_the_rest() {
     let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
-        slow_down_every: 0,
         deny_read_prefix: Some("hr/".into()),
+        ..Default::default()
     });
     fx.bucket("mixed");
     fx.put("mixed", "public/a.txt", b"a");

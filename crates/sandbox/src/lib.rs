@@ -55,6 +55,10 @@ pub struct Faults {
     /// Reading objects whose key starts with this is answered `403 AccessDenied`, as a bucket
     /// policy that denies `s3:GetObject` on part of a bucket would.
     pub deny_read_prefix: Option<String>,
+    /// The object (bucket, key — a key that maps plainly onto a path) whose bytes change in
+    /// the middle of its next GET: 4 KiB in the middle of its file are inverted right after
+    /// the answer's first 256 KiB have been read, keeping its size and stored ETag. Once.
+    pub change_while_read: Option<(String, String)>,
 }
 
 /// Denies reads of part of a bucket; otherwise lets every signed request through.
@@ -160,7 +164,7 @@ impl S3Server {
     pub async fn start_with(root: &Path, port: u16, faults: Faults) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
         let counters = Arc::new(S3Counters::default());
-        let backend = s3::SandboxS3::new(root)?;
+        let backend = s3::SandboxS3::new(root)?.change_while_read(faults.change_while_read.clone());
         let service = {
             let mut b = S3ServiceBuilder::new(backend);
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));

@@ -1,6 +1,7 @@
-//! The sandbox S3 server's ListObjectsV2 against what S3 documents, over HTTP with the AWS SDK
-//! (the client ferry itself uses): paging, prefixes and delimiters, start-after, ETags, URL
-//! encoding, and listings that see writes made between them.
+//! The sandbox S3 server's own parts against what S3 documents, over HTTP with the AWS SDK (the
+//! client ferry itself uses): ListObjectsV2 (paging, prefixes and delimiters, start-after,
+//! ETags, URL encoding, listings that see writes made between them) and GetObject bodies
+//! (whole, ranged, and the fault that changes an object while it is read).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use aws_sdk_s3::operation::list_objects_v2::builders::ListObjectsV2FluentBuilder
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, EncodingType};
 use aws_sdk_s3::Client;
-use ferry_sandbox::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+use ferry_sandbox::{Faults, S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
 
 fn client(endpoint: &str) -> Client {
     let http = aws_smithy_http_client::Builder::new()
@@ -45,8 +46,12 @@ struct Fixture {
 
 impl Fixture {
     async fn new(buckets: &[&str]) -> Fixture {
+        Self::with_faults(buckets, Faults::default()).await
+    }
+
+    async fn with_faults(buckets: &[&str], faults: Faults) -> Fixture {
         let root = tempfile::tempdir().unwrap();
-        let server = S3Server::start(root.path()).await.unwrap();
+        let server = S3Server::start_with(root.path(), 0, faults).await.unwrap();
         let client = client(&server.endpoint());
         for b in buckets {
             client.create_bucket().bucket(*b).send().await.unwrap();
@@ -542,4 +547,128 @@ fn count_files(dir: &Path) -> usize {
             }
         })
         .sum()
+}
+
+/// Bytes that differ at every offset of interest (not a repeating short pattern).
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A GET's body, Content-Length, Content-Range and ETag.
+async fn get(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    range: Option<&str>,
+) -> (Vec<u8>, i64, Option<String>, String) {
+    let out = c
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_range(range.map(str::to_string))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {key:?} {range:?}: {e:?}"));
+    let length = out.content_length().unwrap();
+    let content_range = out.content_range().map(str::to_string);
+    let etag = out.e_tag().unwrap().to_string();
+    let body = out.body.collect().await.unwrap().into_bytes().to_vec();
+    (body, length, content_range, etag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_whole_and_ranged_are_the_objects_bytes() {
+    let f = Fixture::new(&["bkt"]).await;
+    // Several of the server's 256 KiB reads, and not a multiple of them.
+    let data = pseudo_random((1 << 20) + 12_345);
+    let etag = f.put("bkt", "dir/obj.bin", &data).await;
+    f.put("bkt", "empty", b"").await;
+    let size = data.len();
+
+    let (body, length, range, tag) = get(&f.client, "bkt", "dir/obj.bin", None).await;
+    assert!(body == data, "whole body differs");
+    assert_eq!((length, range, &tag), (size as i64, None, &etag));
+
+    for (ask, from, to) in [
+        ("bytes=100-299999".to_string(), 100, 300_000),
+        ("bytes=262140-262150".into(), 262_140, 262_151),
+        (format!("bytes={}-", size - 7), size - 7, size),
+        ("bytes=-1000".into(), size - 1000, size),
+        (format!("bytes=0-{}", size + 50), 0, size),
+    ] {
+        let (body, length, range, tag) = get(&f.client, "bkt", "dir/obj.bin", Some(&ask)).await;
+        assert!(body == data[from..to], "{ask}: body differs");
+        assert_eq!(length, (to - from) as i64, "{ask}");
+        assert_eq!(
+            range.as_deref(),
+            Some(format!("bytes {from}-{}/{size}", to - 1).as_str()),
+            "{ask}"
+        );
+        assert_eq!(tag, etag, "{ask}");
+    }
+
+    let (body, length, _, _) = get(&f.client, "bkt", "empty", None).await;
+    assert_eq!((body.len(), length), (0, 0));
+
+    let past = f
+        .client
+        .get_object()
+        .bucket("bkt")
+        .key("dir/obj.bin")
+        .range(format!("bytes={}-", size + 10))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        past.raw_response().map(|r| r.status().as_u16()),
+        Some(416),
+        "{past:?}"
+    );
+    let missing = f
+        .client
+        .get_object()
+        .bucket("bkt")
+        .key("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some("NoSuchKey"), "{missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_changes_once_in_the_middle_of_its_next_get() {
+    let f = Fixture::with_faults(
+        &["bkt"],
+        Faults {
+            change_while_read: Some(("bkt".into(), "moving.bin".into())),
+            ..Default::default()
+        },
+    )
+    .await;
+    let data = pseudo_random(2 << 20);
+    let etag = f.put("bkt", "moving.bin", &data).await;
+    f.put("bkt", "other.bin", &data).await;
+
+    // Another object is not touched.
+    let (body, ..) = get(&f.client, "bkt", "other.bin", None).await;
+    assert!(body == data);
+
+    // The first GET: its first 256 KiB as they were, the middle changed, size and ETag kept.
+    let (first, length, _, tag) = get(&f.client, "bkt", "moving.bin", None).await;
+    assert_eq!((length, &tag), (data.len() as i64, &etag));
+    let mid = data.len() / 2;
+    assert!(first[..256 << 10] == data[..256 << 10]);
+    assert!(first[mid..mid + 4096] != data[mid..mid + 4096]);
+    assert!(first[mid + 4096..] == data[mid + 4096..]);
+    // Once: the next GET serves the changed bytes as they now are.
+    let (second, ..) = get(&f.client, "bkt", "moving.bin", None).await;
+    assert!(second == first);
 }
