@@ -479,7 +479,7 @@ async fn missing_buckets_and_bad_tokens_are_errors() {
 }
 
 /// Lists 20,000 objects (seeded through the API, so each has a stored ETag) and prints how
-/// long it took: `cargo test --release -p ferry-sandbox --test s3_listing -- --ignored
+/// long it took: `cargo test --release -p ferry-sandbox --test s3 -- --ignored
 /// --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a timing, seeds 20,000 objects"]
