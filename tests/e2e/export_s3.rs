@@ -246,6 +246,66 @@ fn wrong_settings_get_one_clear_sentence_and_exit_2() {
 }
 
 #[test]
+fn large_objects_in_ranged_parts_into_a_zip_do_not_wait_for_each_other() {
+    // A zip takes one large item at a time. Objects downloaded in ranged parts share one
+    // budget of parts in memory: when every large object started at once, the ones waiting
+    // for the zip held parts the one being written needed, and the export stalled until the
+    // idle timeout (5 minutes) failed it.
+    let fx = S3Fixture::sandbox();
+    fx.bucket("big");
+    let objects: Vec<Vec<u8>> = (0..4).map(|i| pseudo_random(3 << 20, 40 + i)).collect();
+    for (i, data) in objects.iter().enumerate() {
+        fx.put("big", &format!("o{i}.bin"), data);
+    }
+    let tmp = tempdir();
+    let zip = tmp.path().join("big.zip");
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args([
+        "export",
+        "s3://big",
+        "--to",
+        zip.to_str().unwrap(),
+        "--endpoint-url",
+        &fx.endpoint,
+        "--part-size",
+        "1MiB",
+        "--parallel-parts",
+        "2",
+        "-q",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in fx.env() {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(90) {
+            child.kill().unwrap();
+            panic!("the export into a zip stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    ferry(["verify", zip.to_str().unwrap()]).expect_code(0);
+    let out = tmp.path().join("unzipped");
+    unzip_with_python(&zip, &out);
+    let files = files_under(&out);
+    for (i, data) in objects.iter().enumerate() {
+        let name = format!("o{i}.bin");
+        let file = files
+            .iter()
+            .find(|f| f.file_name().is_some_and(|n| n == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is not in the zip: {files:?}"));
+        assert!(std::fs::read(file).unwrap() == *data, "{}", file.display());
+    }
+}
+
+#[test]
 fn bytes_changed_on_the_server_during_the_download_are_caught() {
     // The server inverts 4 KiB in the middle of the object's file right after the first
     // 256 KiB of its first GET have been read (size and stored ETag kept), so the change lands

@@ -1409,6 +1409,12 @@ impl Sink for BagWriter {
         self.shared.options.digests.clone()
     }
 
+    fn large_items_at_once(&self) -> Option<usize> {
+        // A zip is one stream: an item too large to gather in memory is written under the
+        // archive's lock, so others as large would only wait, holding what they fetched.
+        matches!(self.shared.target, BagTarget::Zip(_)).then_some(1)
+    }
+
     fn place(&self, item: &Item) -> Result<Placement> {
         let mut places = self.shared.places.lock().expect("places lock");
         let key = source_key(&item.source, item.conversion.as_ref());

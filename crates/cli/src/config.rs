@@ -659,7 +659,7 @@ users = ["ola@contoso.no", "kari@contoso.no"]
         assert_eq!(a.source.as_deref(), Some("fs:/srv/share"));
         assert_eq!(a.repo.as_deref(), Some("/backups/ferry"));
         assert_eq!(a.job.as_deref(), Some("share"));
-        assert_eq!(a.src.concurrency, 4);
+        assert_eq!(a.src.concurrency, Some(4));
         assert!(a.src.follow_symlinks);
         assert_eq!(
             a.src.s3.conn.endpoint_url.as_deref(),

@@ -9,7 +9,7 @@ use ferry_core::ObjectStore;
 use ferry_fs::{FsConnector, FsOptions};
 use ferry_s3::{ObjectLock, S3Connector, S3Location, S3Options, S3Store};
 
-use crate::cli::{S3ConnectionArgs, SourceArgs};
+use crate::cli::{S3ConnectionArgs, SourceArgs, LARGE_CONCURRENCY};
 
 /// The connector for `source`; `to` is where its items go (a bag or a repository: a path or
 /// an `s3://` URI), so that a folder is never archived into itself. `since` is what the
@@ -197,7 +197,7 @@ fn m365_connector(
         sites,
         include_recoverable: m.include_recoverable,
         mailbox_concurrency: m.mailbox_concurrency as usize,
-        listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
+        listing_concurrency: (args.concurrency_for("m365:") as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(100, |n| n as usize),
         retry: retry_policy(args),
         since,
@@ -262,7 +262,7 @@ fn google_connector(
         include_trashed: g.include_trashed,
         mbox: g.mbox,
         user_concurrency: g.user_concurrency as usize,
-        listing_concurrency: (args.concurrency as usize / 2).clamp(2, 16),
+        listing_concurrency: (args.concurrency_for("google:") as usize / 2).clamp(2, 16),
         page_size: args.s3.page_size.map_or(500, |n| n as usize),
         retry: retry_policy(args),
         since,
@@ -279,10 +279,12 @@ fn comma_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// How the pipeline runs a source: `--concurrency` and `--retries`.
-pub fn pipeline_options(args: &SourceArgs) -> ferry_core::PipelineOptions {
+/// How the pipeline runs `source`: `--concurrency` (or its default for the source) and
+/// `--retries`.
+pub fn pipeline_options(args: &SourceArgs, source: &str) -> ferry_core::PipelineOptions {
     ferry_core::PipelineOptions {
-        concurrency: args.concurrency as usize,
+        concurrency: args.concurrency_for(source) as usize,
+        large_concurrency: LARGE_CONCURRENCY as usize,
         retry: retry_policy(args),
         ..ferry_core::PipelineOptions::default()
     }

@@ -28,7 +28,7 @@ pub use connector::{
 pub use error::{Error, ErrorKind, Result};
 pub use hash::{DigestAlgorithm, Digests, MultiHasher};
 pub use item::{ChecksumAlgorithm, Item, ItemKind, SourceChecksum, SourceRef};
-pub use pipeline::{Pipeline, PipelineOptions};
+pub use pipeline::{Pipeline, PipelineOptions, LARGE_ITEM};
 pub use progress::{NoProgress, Progress};
 pub use report::{ChecksumCheck, ContainerCounts, Failure, Outcome, RunReport, Skipped};
 pub use retry::RetryPolicy;

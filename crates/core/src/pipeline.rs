@@ -25,6 +25,11 @@ use crate::sink::{Placement, Sink, StoredItem};
 pub struct PipelineOptions {
     /// Items transferred at once.
     pub concurrency: usize,
+    /// Of those, items larger than [`LARGE_ITEM`] (or of unknown size) transferred at once.
+    /// Small items are bound by round trips and gain from many requests in flight; large ones
+    /// fill the link with a few, and each holds buffers (read-ahead, the HTTP client's, a zip
+    /// bag's while it waits for the archive), so many at once would only add memory.
+    pub large_concurrency: usize,
     /// How transfers are retried.
     pub retry: RetryPolicy,
     /// A transfer that delivers no bytes for this long is abandoned (and retried).
@@ -35,11 +40,15 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             concurrency: 8,
+            large_concurrency: 8,
             retry: RetryPolicy::default(),
             idle_timeout: Duration::from_secs(300),
         }
     }
 }
+
+/// Items above this size count against [`PipelineOptions::large_concurrency`].
+pub const LARGE_ITEM: u64 = 1 << 20;
 
 /// Moves items from a connector into a sink.
 pub struct Pipeline {
@@ -119,6 +128,12 @@ impl Pipeline {
         report: &mut RunReport,
     ) -> Option<Error> {
         let concurrency = self.options.concurrency.max(1);
+        let large_at_once = self
+            .options
+            .large_concurrency
+            .min(sink.large_items_at_once().unwrap_or(usize::MAX))
+            .clamp(1, concurrency);
+        let large = Arc::new(tokio::sync::Semaphore::new(large_at_once));
         let mut listing = connector.list();
         let mut listing_done = false;
         let mut running: JoinSet<Result<Done>> = JoinSet::new();
@@ -213,6 +228,7 @@ impl Pipeline {
                                         sink: sink.clone(),
                                         progress: progress.clone(),
                                         options: self.options.clone(),
+                                        large: large.clone(),
                                     };
                                     running.spawn(async move { transfer.run(item, path).await });
                                 }
@@ -269,11 +285,25 @@ struct Transfer {
     sink: Arc<dyn Sink>,
     progress: Arc<dyn Progress>,
     options: PipelineOptions,
+    /// Places for large items (see [`PipelineOptions::large_concurrency`]).
+    large: Arc<tokio::sync::Semaphore>,
 }
 
 impl Transfer {
     /// Ok(Done) for every per-item outcome; Err only for fatal errors that stop the run.
     async fn run(self, item: Item, path: String) -> Result<Done> {
+        // A large item waits for its place before it opens anything, so waiting costs no
+        // buffers; it keeps the place through its retries.
+        let _place =
+            if item.size.is_none_or(|size| size > LARGE_ITEM) {
+                Some(
+                    self.large.clone().acquire_owned().await.map_err(|_| {
+                        Error::fatal("internal error: the pipeline's places closed")
+                    })?,
+                )
+            } else {
+                None
+            };
         let policy = self.options.retry;
         let mut attempt = 1;
         let mut retries = 0;
@@ -631,12 +661,24 @@ mod tests {
         failures: Mutex<Vec<Failure>>,
         open: AtomicUsize,
         max_open: AtomicUsize,
+        open_large: AtomicUsize,
+        max_open_large: AtomicUsize,
         aborted: AtomicUsize,
     }
 
     struct TestWriter {
         sink: Arc<TestSink>,
         data: Vec<u8>,
+        large: bool,
+    }
+
+    impl TestWriter {
+        fn close(&self) {
+            self.sink.open.fetch_sub(1, Ordering::SeqCst);
+            if self.large {
+                self.sink.open_large.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
     }
 
     #[async_trait]
@@ -647,7 +689,7 @@ mod tests {
             Ok(())
         }
         async fn commit(self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
-            self.sink.open.fetch_sub(1, Ordering::SeqCst);
+            self.close();
             self.sink
                 .stored
                 .lock()
@@ -656,7 +698,7 @@ mod tests {
             Ok(())
         }
         async fn abort(self: Box<Self>) {
-            self.sink.open.fetch_sub(1, Ordering::SeqCst);
+            self.close();
             self.sink.aborted.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -671,14 +713,20 @@ mod tests {
         fn place(&self, item: &Item) -> Result<Placement> {
             Ok(Placement::New(item.source.id.clone()))
         }
-        async fn create(&self, _item: &Item, _path: &str) -> Result<Box<dyn ItemWriter>> {
+        async fn create(&self, item: &Item, _path: &str) -> Result<Box<dyn ItemWriter>> {
             let now = self.0.open.fetch_add(1, Ordering::SeqCst) + 1;
             self.0.max_open.fetch_max(now, Ordering::SeqCst);
+            let large = item.size.is_none_or(|s| s > LARGE_ITEM);
+            if large {
+                let now = self.0.open_large.fetch_add(1, Ordering::SeqCst) + 1;
+                self.0.max_open_large.fetch_max(now, Ordering::SeqCst);
+            }
             // Hold the slot a moment so concurrent transfers overlap.
             tokio::time::sleep(Duration::from_millis(5)).await;
             Ok(Box::new(TestWriter {
                 sink: self.0.clone(),
                 data: Vec::new(),
+                large,
             }))
         }
         async fn record_skipped(&self, _item: &Item, _reason: &str) -> Result<()> {
@@ -693,6 +741,7 @@ mod tests {
     fn fast_retries(max_attempts: u32) -> PipelineOptions {
         PipelineOptions {
             concurrency: 3,
+            large_concurrency: 3,
             retry: RetryPolicy {
                 max_attempts,
                 initial_delay: Duration::from_millis(1),
@@ -828,6 +877,31 @@ mod tests {
         assert_eq!(report.archived_items, 40);
         let max = sink.max_open.load(Ordering::SeqCst);
         assert!((2..=3).contains(&max), "max concurrent transfers {max}");
+    }
+
+    #[tokio::test]
+    async fn large_items_have_a_bound_of_their_own() {
+        let big = vec![7u8; LARGE_ITEM as usize + 1];
+        let items: Vec<_> = (0..24u8)
+            .map(|i| {
+                let data = if i % 2 == 0 { big.clone() } else { vec![i; 64] };
+                (item(&format!("i{i}"), &data, None), data, Script::Ok)
+            })
+            .collect();
+        let options = PipelineOptions {
+            concurrency: 6,
+            large_concurrency: 2,
+            ..fast_retries(1)
+        };
+        let (report, _, sink) = run(items, options).await;
+        assert_eq!(report.archived_items, 24);
+        let large = sink.max_open_large.load(Ordering::SeqCst);
+        let all = sink.max_open.load(Ordering::SeqCst);
+        assert_eq!(large, 2, "large items at once");
+        assert!(
+            all > large,
+            "small items still run beside them ({all} at most)"
+        );
     }
 
     #[tokio::test]

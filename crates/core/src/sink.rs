@@ -43,6 +43,15 @@ pub trait Sink: Send + Sync {
     /// that name mapping (and twin disambiguation) is deterministic.
     fn place(&self, item: &Item) -> Result<Placement>;
 
+    /// How many items larger than [`crate::LARGE_ITEM`] (or of unknown size) the sink can
+    /// take at once, when it has a limit of its own. A sink that writes large items one after
+    /// the other (a zip: one archive stream) says 1: large items waiting for it would hold
+    /// what they fetched ahead, and with it the download budget the item being written needs
+    /// to finish (an S3 source's ranged parts): a deadlock, not just memory.
+    fn large_items_at_once(&self) -> Option<usize> {
+        None
+    }
+
     /// Starts writing an item's bytes at a path from [`Sink::place`].
     async fn create(&self, item: &Item, path: &str) -> Result<Box<dyn ItemWriter>>;
 

@@ -59,6 +59,10 @@ pub struct Faults {
     /// the middle of its next GET: 4 KiB in the middle of its file are inverted right after
     /// the answer's first 256 KiB have been read, keeping its size and stored ETag. Once.
     pub change_while_read: Option<(String, String)>,
+    /// Every request waits this long before it is answered, as requests to a store across a
+    /// network do (S3 in a region: tens of milliseconds to the first byte). Clients that keep
+    /// few requests in flight then run as slowly against the sandbox as against the cloud.
+    pub latency: std::time::Duration,
 }
 
 /// Denies reads of part of a bucket; otherwise lets every signed request through.
@@ -136,7 +140,16 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for FaultySer
                 return Box::pin(async move { Ok(resp) });
             }
         }
-        hyper::service::Service::call(&self.inner, req)
+        let answer = hyper::service::Service::call(&self.inner, req);
+        let latency = self.faults.latency;
+        if latency.is_zero() {
+            return answer;
+        }
+        Box::pin(async move {
+            // Waits while the answer is prepared, as a remote store's time to first byte does.
+            let (resp, _) = tokio::join!(answer, tokio::time::sleep(latency));
+            resp
+        })
     }
 }
 

@@ -143,7 +143,7 @@ pub(crate) async fn run_one(
         cli,
         connector.clone(),
         sink,
-        crate::source::pipeline_options(&args.src),
+        crate::source::pipeline_options(&args.src, source),
     )
     .await;
     let (report, fatal) = (ran.report, ran.fatal);

@@ -113,6 +113,7 @@ pub async fn run(cli: &Cli, args: &BagArgs) -> Result<i32> {
         sink,
         PipelineOptions {
             concurrency: CONCURRENCY,
+            large_concurrency: CONCURRENCY,
             // A blob that does not match its name is damaged in the repository, not in transit:
             // one more read tells a broken read from damage without reading it five times.
             // (Reads that break off resume where they stopped, and the S3 store retries requests.)

@@ -84,6 +84,10 @@ pub(crate) fn unique_digests(given: &[DigestAlgorithm]) -> Vec<DigestAlgorithm> 
     digests
 }
 
+/// What the items gathered in memory for a zip bag may take together (see
+/// `BagOptions::zip_buffer`).
+const ZIP_BUFFERS: usize = 32 << 20;
+
 fn bag_options(args: &ExportArgs) -> BagOptions {
     let info = bag_info_labels(&args.bag_info);
     let mut run_options = serde_json::Map::new();
@@ -95,7 +99,8 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
             .collect::<Vec<_>>()
             .into(),
     );
-    run_options.insert("concurrency".into(), args.src.concurrency.into());
+    let concurrency = args.src.concurrency_for(&args.source);
+    run_options.insert("concurrency".into(), concurrency.into());
     run_options.insert("retries".into(), args.src.retries.into());
     run_options.insert("compress".into(), args.compress.into());
     run_options.insert("follow_symlinks".into(), args.src.follow_symlinks.into());
@@ -105,6 +110,9 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
         deflate: args.compress,
         run_options,
         checkpoint_interval: Duration::from_secs(args.checkpoint_interval),
+        // Every transfer may hold one item this size in memory while the zip is busy with
+        // another: together they stay within ZIP_BUFFERS.
+        zip_buffer: (ZIP_BUFFERS / concurrency as usize).clamp(64 << 10, 1 << 20),
         ..BagOptions::default()
     }
 }
@@ -183,7 +191,7 @@ pub async fn run(cli: &Cli, args: &ExportArgs) -> Result<i32> {
         cli,
         connector.clone(),
         sink,
-        crate::source::pipeline_options(&args.src),
+        crate::source::pipeline_options(&args.src, &args.source),
     )
     .await;
     let (report, status, code, bag, error) = super::run::finish_bag(

@@ -18,6 +18,7 @@ pub async fn run(_cli: &Cli, cmd: &SandboxCommand) -> Result<i32> {
             let faults = ferry_sandbox::Faults {
                 slow_down_every: args.slow_down_every,
                 deny_read_prefix: args.deny_read_prefix.clone(),
+                latency: std::time::Duration::from_millis(args.latency_ms),
                 ..Default::default()
             };
             let mut server = S3Server::start_with(&args.root, args.port, faults)
