@@ -2,10 +2,12 @@
 # ferry S3 benchmark (not a test): `ferry export s3://` side by side with s5cmd, rclone and the
 # aws cli, downloading the same buckets from the same local S3 server, medians of RUNS runs.
 #
-#   bench/s3.sh [all|small|large]...      (default: all)
+#   bench/s3.sh [all|small|large|far]...  (default: all)
 #
 #   small   a bucket of SMALL_OBJECTS x 4 KiB objects (in 100 prefixes)
 #   large   a bucket of 4 x LARGE_MB MiB objects
+#   far     the small bucket again, from a server that answers every request LATENCY_MS late
+#           (as S3 across a network does): what concurrency does when round trips dominate
 #
 # The server is `ferry sandbox s3` (s3s-fs) on 127.0.0.1, serving BENCH_DIR/root; the buckets
 # are seeded through the S3 API (s5cmd, single-part PUTs, so every ETag is the object's MD5).
@@ -20,7 +22,8 @@
 #   RUNS=3                 runs per measurement (median reported)
 #   SMALL_OBJECTS=10000    objects in the small bucket (4 KiB each)
 #   LARGE_MB=256           size of each of the 4 large objects, MiB
-#   FERRY_TUNED_SMALL="--concurrency 64"                     ferry's tuned flags, small objects
+#   LATENCY_MS=20          the far server's delay per request, milliseconds
+#   FERRY_TUNED_SMALL="--concurrency 256"                    ferry's tuned flags, small objects (and far)
 #   FERRY_TUNED_LARGE="--parallel-parts 8 --part-size 8MiB"  ferry's tuned flags, large objects
 #   RCLONE_TUNED="--transfers 32 --checkers 32"              rclone's tuned flags
 #   BENCH_DIR=/tmp/ferry-s3-bench       server root, seed files, work files
@@ -55,7 +58,8 @@ SMALL_SIZE=4096
 SMALL_PREFIXES=100
 LARGE_OBJECTS=4
 LARGE_MB=${LARGE_MB:-256}
-FERRY_TUNED_SMALL=${FERRY_TUNED_SMALL:---concurrency 64}
+LATENCY_MS=${LATENCY_MS:-20}
+FERRY_TUNED_SMALL=${FERRY_TUNED_SMALL:---concurrency 256}
 FERRY_TUNED_LARGE=${FERRY_TUNED_LARGE:---parallel-parts 8 --part-size 8MiB}
 # (kept under another name: every RCLONE_* variable is cleared below, for rclone's sake)
 rclone_tuned_flags=${RCLONE_TUNED:---transfers 32 --checkers 32}
@@ -76,27 +80,28 @@ B_LARGE=bench-large
 B_PROBE=bench-probe
 
 # --- Which data sets --------------------------------------------------------------------------
-do_small=0 do_large=0
+do_small=0 do_large=0 do_far=0
 [[ $# -eq 0 ]] && set -- all
 for arg in "$@"; do
     case $arg in
-        all) do_small=1 do_large=1 ;;
+        all) do_small=1 do_large=1 do_far=1 ;;
         small) do_small=1 ;;
         large) do_large=1 ;;
+        far) do_far=1 ;;
         -h | --help) usage "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) die "unknown data set '$arg' (all, small, large)" ;;
+        *) die "unknown data set '$arg' (all, small, large, far)" ;;
     esac
 done
-sets=$( ((do_small)) && printf 'small '; ((do_large)) && printf 'large'; true)
+sets=$( ((do_small)) && printf 'small '; ((do_large)) && printf 'large '; ((do_far)) && printf 'far'; true)
 sets=${sets% }
 
-positive_ints RUNS SMALL_OBJECTS LARGE_MB
+positive_ints RUNS SMALL_OBJECTS LARGE_MB LATENCY_MS
 [[ $PORT =~ ^[0-9]+$ && $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "PORT and TIMEOUT are integers"
 
 default_size=0
-[[ $SMALL_OBJECTS == 10000 && $LARGE_MB == 256 ]] && default_size=1
+[[ $SMALL_OBJECTS == 10000 && $LARGE_MB == 256 && $LATENCY_MS == 20 ]] && default_size=1
 full_run=0
-((do_small && do_large && default_size && RUNS >= 3)) && full_run=1
+((do_small && do_large && do_far && default_size && RUNS >= 3)) && full_run=1
 default_docs "$full_run"
 # A trial run at reduced size is for checking the script, not for numbers: do not wait long.
 if ((default_size)); then QUIET_WAIT=${QUIET_WAIT:-300}; else QUIET_WAIT=${QUIET_WAIT:-10}; fi
@@ -214,20 +219,23 @@ stamp_large="$LARGE_OBJECTS $LARGE_MB"
 
 # A server root left by KEEP=1 is reused if it holds the data sets asked for; else it starts anew.
 stamp_ok() { [[ -f $BENCH_DIR/stamp-$1 && $(cat "$BENCH_DIR/stamp-$1") == "$2" && -d $ROOT/$3 ]]; }
-if ! { ((!do_small)) || stamp_ok small "$stamp_small" "$B_SMALL"; } ||
+if ! { ((!do_small && !do_far)) || stamp_ok small "$stamp_small" "$B_SMALL"; } ||
     ! { ((!do_large)) || stamp_ok large "$stamp_large" "$B_LARGE"; }; then
     rm -rf "$ROOT" "$BENCH_DIR"/stamp-*
 fi
 
-log "starting the S3 server: $FERRY sandbox s3 $ROOT"
-"$FERRY" sandbox s3 "$ROOT" --port "$PORT" >"$WORK/server.out" 2>"$WORK/server.err" &
-SERVER_PID=$!
-server_address 'http://127\.0\.0\.1:[0-9]*' 100
-EP=$ADDRESS
-log "S3 server at $EP (pid $SERVER_PID)"
-
-printf '[ferrybench]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = %s\nsecret_access_key = %s\nregion = %s\nendpoint = %s\nforce_path_style = true\n' \
-    "$ACCESS_KEY" "$SECRET_KEY" "$REGION" "$EP" >"$RCLONE_CONFIG"
+# start_server [SANDBOX FLAGS...]: the server on ROOT (EP, SERVER_PID), and rclone's remote for it.
+start_server() {
+    log "starting the S3 server: $FERRY sandbox s3 $ROOT $*"
+    "$FERRY" sandbox s3 "$ROOT" --port "$PORT" "$@" >"$WORK/server.out" 2>"$WORK/server.err" &
+    SERVER_PID=$!
+    server_address 'http://127\.0\.0\.1:[0-9]*' 100
+    EP=$ADDRESS
+    log "S3 server at $EP (pid $SERVER_PID)"
+    printf '[ferrybench]\ntype = s3\nprovider = Other\nenv_auth = false\naccess_key_id = %s\nsecret_access_key = %s\nregion = %s\nendpoint = %s\nforce_path_style = true\n' \
+        "$ACCESS_KEY" "$SECRET_KEY" "$REGION" "$EP" >"$RCLONE_CONFIG"
+}
+start_server
 
 # check_bucket BUCKET OBJECTS BYTES: the listing has that many objects and bytes.
 check_bucket() {
@@ -264,7 +272,7 @@ seed() {
     echo "$stamp" >"$BENCH_DIR/stamp-$name"
 }
 
-((do_small)) && seed small "$B_SMALL" "$SMALL_OBJECTS" "$SMALL_SIZE" "$SMALL_PREFIXES" "$stamp_small"
+((do_small || do_far)) && seed small "$B_SMALL" "$SMALL_OBJECTS" "$SMALL_SIZE" "$SMALL_PREFIXES" "$stamp_small"
 ((do_large)) && seed large "$B_LARGE" "$LARGE_OBJECTS" $((LARGE_MB * 1024 * 1024)) 1 "$stamp_large"
 if [[ ! -d $ROOT/$B_PROBE ]]; then
     mkdir -p "$SEED/probe"
@@ -326,6 +334,12 @@ bench_set() {
     "$B_SMALL" "$small_bytes" "$SMALL_OBJECTS" "${ferry_tuned_small[@]}"
 ((do_large)) && bench_set large "Large objects — $LARGE_OBJECTS × $LARGE_MB MiB" \
     "$B_LARGE" "$large_bytes" "$LARGE_OBJECTS" "${ferry_tuned_large[@]}"
+if ((do_far)); then
+    stop_server
+    start_server --latency-ms "$LATENCY_MS"
+    bench_set far "Small objects, $LATENCY_MS ms per request — the small bucket from a server that answers every request $LATENCY_MS ms late" \
+        "$B_SMALL" "$small_bytes" "$SMALL_OBJECTS" "${ferry_tuned_small[@]}"
+fi
 
 # --- Report -----------------------------------------------------------------------------------
 stop_server
@@ -342,13 +356,14 @@ config=$WORK/config.tsv
     printf 'sets\t%s\n' "$sets"
     date_tsv
     printf 'runs\t%s\n' "$RUNS"
-    printf 'server\tferry sandbox s3 (s3s-fs) on 127.0.0.1, root %s on %s, page cache warm\n' "$ROOT" "$(fstype "$BENCH_DIR")"
+    printf 'server\tferry sandbox s3 (s3s-fs, its own listings and 256 KiB body reads) on 127.0.0.1, root %s on %s, page cache warm%s\n' \
+        "$ROOT" "$(fstype "$BENCH_DIR")" "$( ((do_far)) && printf '; for the far set, --latency-ms %s' "$LATENCY_MS")"
     printf 'objects\tseeded through the S3 API with single-part PUTs (every ETag an MD5)\n'
     printf 'destination\t%s on %s\n' "$DEST_DIR" "$(fstype "$DEST_DIR")"
     quiet_gate_tsv
     printf 'probe\t%s\n' "$probe"
     printf 'cmd:ferry export (defaults)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q\n'
-    ((do_small)) && printf 'cmd:ferry export, tuned (small objects)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q %s\n' "$FERRY_TUNED_SMALL"
+    ((do_small || do_far)) && printf 'cmd:ferry export, tuned (small objects)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q %s\n' "$FERRY_TUNED_SMALL"
     ((do_large)) && printf 'cmd:ferry export, tuned (large objects)\tferry export s3://BUCKET --endpoint-url EP --to DEST -q %s\n' "$FERRY_TUNED_LARGE"
     printf 'cmd:s5cmd cp (defaults)\ts5cmd --log error --endpoint-url EP cp '"'"'s3://BUCKET/*'"'"' DEST/\n'
     printf 'cmd:rclone copy (defaults)\trclone copy ferrybench:BUCKET DEST\n'
