@@ -15,13 +15,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::{
-    Connector, Error, Failure, Item, ItemKind, Listing, ListingStream, Opened, Result, SourceInfo,
-    SourceRef,
+    BufferPool, Connector, Error, Failure, Item, ItemKind, Listing, ListingStream, Opened, Result,
+    SourceInfo, SourceRef,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -45,37 +44,12 @@ pub struct FsConnector {
     root_name: String,
     host: Option<String>,
     options: FsOptions,
-    spare: SpareChunks,
+    /// Buffers of whole chunks already hashed and written, for the next reads.
+    spare: BufferPool,
 }
 
-/// Buffers of whole chunks already hashed and written, for the next reads: a fresh 256 KiB
-/// buffer is zeroed and faults in page by page (~8% of a large file's export). At most
-/// [`SPARE_CHUNKS`] are kept.
-type SpareChunks = Arc<Mutex<Vec<Vec<u8>>>>;
 /// How many spare chunk buffers are kept (4 MiB).
 const SPARE_CHUNKS: usize = 16;
-
-/// A chunk's bytes; the buffer goes back to the spares when the last reference is dropped.
-struct Chunk {
-    data: Vec<u8>,
-    len: usize,
-    spare: SpareChunks,
-}
-
-impl AsRef<[u8]> for Chunk {
-    fn as_ref(&self) -> &[u8] {
-        &self.data[..self.len]
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        if spare.len() < SPARE_CHUNKS {
-            spare.push(std::mem::take(&mut self.data));
-        }
-    }
-}
 
 fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];
@@ -113,7 +87,7 @@ impl FsConnector {
             root_name,
             host: hostname(),
             options,
-            spare: SpareChunks::default(),
+            spare: BufferPool::new(SPARE_CHUNKS),
         }
     }
 
@@ -482,7 +456,7 @@ struct FileReader {
     file: Option<File>,
     offset: u64,
     done: bool,
-    spare: SpareChunks,
+    spare: BufferPool,
 }
 
 impl FileReader {
@@ -514,10 +488,12 @@ impl FileReader {
         let cap = left.clamp(1, CHUNK as u64) as usize;
         // Whole chunks come from (and go back to) the spares; the last, shorter piece of a
         // file is sized to what is left.
-        let spare = (cap == CHUNK)
-            .then(|| self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop())
-            .flatten();
-        let mut buf = spare.unwrap_or_else(|| vec![0; cap]);
+        let mut buf = if cap == CHUNK {
+            self.spare.take()
+        } else {
+            Vec::new()
+        };
+        buf.resize(cap, 0);
         let mut filled = 0;
         let mut eof = false;
         while filled < cap {
@@ -557,11 +533,7 @@ impl FileReader {
             buf.truncate(filled);
             return Ok(Some(Bytes::from(buf)));
         }
-        Ok(Some(Bytes::from_owner(Chunk {
-            data: buf,
-            len: filled,
-            spare: self.spare.clone(),
-        })))
+        Ok(Some(self.spare.bytes(buf, filled)))
     }
 }
 
@@ -626,7 +598,7 @@ mod tests {
         assert!(again.concat() == a);
         assert!(held_a.concat() == a, "bytes held across reuse stay as read");
         drop(again);
-        assert_eq!(c.spare.lock().unwrap().len(), 4, "whole chunks' buffers come back");
+        assert_eq!(c.spare.spare(), 4, "whole chunks' buffers come back");
     }
 
     #[tokio::test]

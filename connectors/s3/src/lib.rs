@@ -29,7 +29,7 @@ use aws_sdk_s3::types::{ChecksumMode, ChecksumType, EncodingType, ServerSideEncr
 use base64::Engine as _;
 use bytes::Bytes;
 use ferry_core::{
-    ChecksumAlgorithm, Connector, Error, Failure, Item, ItemKind, ItemUpdate, Listing,
+    BufferPool, ChecksumAlgorithm, Connector, Error, Failure, Item, ItemKind, ItemUpdate, Listing,
     ListingStream, Opened, Result, RetryPolicy, SourceChecksum, SourceInfo, SourceRef,
 };
 use futures::StreamExt;
@@ -113,41 +113,34 @@ struct Inner {
 }
 
 /// The parts of large objects held in memory over the whole run: `--parallel-parts` places,
-/// and the buffers of parts already written, kept for the next parts (a fresh buffer of a few
-/// MiB costs a page fault per 4 KiB on first touch: ~8% of a large download's CPU).
+/// and the buffers of parts already written, kept for the next parts. (Spare buffers never
+/// outnumber the places, so they add no memory beyond the budget.)
 #[derive(Clone)]
 struct PartBudget {
     places: Arc<Semaphore>,
-    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    spare: BufferPool,
 }
 
 impl PartBudget {
     fn new(places: usize) -> Self {
+        let places = places.max(1);
         PartBudget {
-            places: Arc::new(Semaphore::new(places.max(1))),
-            spare: Arc::default(),
+            places: Arc::new(Semaphore::new(places)),
+            spare: BufferPool::new(places),
         }
     }
 
-    /// Waits for a place, and gives an empty buffer with it.
-    async fn take(&self) -> Result<PartOwner> {
+    /// Waits for a place; gives it with an empty buffer.
+    async fn take(&self) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)> {
         let permit = self
             .places
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::fatal("internal error: part budget closed"))?;
-        let data = self
-            .spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default();
-        Ok(PartOwner {
-            data,
-            spare: self.spare.clone(),
-            _permit: permit,
-        })
+        let mut data = self.spare.take();
+        data.clear();
+        Ok((data, permit))
     }
 }
 
@@ -927,27 +920,15 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 /// Holds a part's bytes and its place in the global budget of parts in memory: the place and
-/// the buffer are given back when the last piece of the part has been written. (Spare buffers
-/// never outnumber the places, so they add no memory beyond the budget.)
+/// the buffer are given back when the last piece of the part has been written.
 struct PartOwner {
-    data: Vec<u8>,
-    spare: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    data: ferry_core::buffers::Recycled,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-impl Drop for PartOwner {
-    fn drop(&mut self) {
-        let mut data = std::mem::take(&mut self.data);
-        data.clear();
-        self.spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(data);
-    }
-}
 impl AsRef<[u8]> for PartOwner {
     fn as_ref(&self) -> &[u8] {
-        &self.data
+        self.data.as_ref()
     }
 }
 
@@ -1107,7 +1088,8 @@ impl Connector for S3Connector {
                     parts.clone(),
                 );
                 async move {
-                    let mut part = parts.take().await?;
+                    let (mut data, permit) = parts.take().await?;
+                    let pool = parts.spare.clone();
                     // The part is read on its own task, so its body is drained into our buffer
                     // (which the permit accounts for) even while the consumer is busy: left
                     // unread, the HTTP client buffers it again on its side.
@@ -1134,21 +1116,25 @@ impl Connector for S3Connector {
                                 )));
                             }
                         }
-                        part.data.reserve((end - start + 1) as usize);
+                        data.reserve((end - start + 1) as usize);
                         let mut body = out.body;
                         while let Some(chunk) = body.next().await {
                             let chunk = chunk.map_err(|e| {
                                 Error::transient(format!("{what}: the download broke off: {e}"))
                             })?;
-                            part.data.extend_from_slice(&chunk);
+                            data.extend_from_slice(&chunk);
                         }
-                        if part.data.len() as u64 != end - start + 1 {
+                        if data.len() as u64 != end - start + 1 {
                             return Err(Error::transient(format!(
                                 "{what}: bytes {start}-{end} came back with {} bytes",
-                                part.data.len()
+                                data.len()
                             )));
                         }
-                        Ok(Bytes::from_owner(part))
+                        let len = data.len();
+                        Ok(Bytes::from_owner(PartOwner {
+                            data: pool.recycled(data, len),
+                            _permit: permit,
+                        }))
                     });
                     let guard = AbortOnDrop(task);
                     match guard.wait().await {

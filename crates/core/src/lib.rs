@@ -8,6 +8,7 @@
 //! Connectors know nothing of archives and archives know nothing of clouds; both only speak the
 //! types in this crate.
 
+pub mod buffers;
 pub mod checksum;
 pub mod connector;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod retry;
 pub mod sink;
 pub mod store;
 
+pub use buffers::BufferPool;
 pub use checksum::QuickXorHash;
 pub use connector::{
     listing_channel, send_listing, send_listing_failure, ByteStream, Connector, ItemUpdate,
