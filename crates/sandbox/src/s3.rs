@@ -223,21 +223,13 @@ fn file_body(
         let want = left.min(BODY_READ as u64) as usize;
         let (file, buf) = tokio::task::spawn_blocking(move || {
             let mut file = file;
-            let mut buf = vec![0u8; want];
-            let mut got = 0;
-            while got < want {
-                match file.read(&mut buf[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            buf.truncate(got);
+            let mut buf = Vec::with_capacity(want);
+            // Up to `want` bytes, fewer only at the end of the file.
+            (&mut file).take(want as u64).read_to_end(&mut buf)?;
             if let Some(path) = change {
                 change_middle(&path)?;
             }
-            Ok((file, buf))
+            Ok::<_, io::Error>((file, buf))
         })
         .await
         .map_err(io::Error::other)??;
