@@ -4,6 +4,7 @@
 //! streams items into a folder or a zip and writes the manifests last, [`reader`] opens any
 //! bag (folder or zip, from any tool) and [`verify`] checks it with no knowledge of the source.
 
+mod newfile;
 pub mod pathmap;
 pub mod reader;
 pub mod record;

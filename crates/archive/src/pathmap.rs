@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
 use sha2::{Digest, Sha256};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization};
 
 /// Longest component, in bytes, that ferry writes (ext4, APFS, NTFS and zip tools all manage).
 pub const MAX_COMPONENT_BYTES: usize = 255;
@@ -118,19 +118,28 @@ fn short_hash(parts: &[&[u8]]) -> String {
 /// Makes one path component safe (see the module documentation); collisions are not handled
 /// here but by [`PathMapper`].
 pub fn safe_component(original: &str) -> SafeComponent {
-    let nfc: String = original.nfc().collect();
+    // Most names are NFC already and have nothing to replace: they are copied once.
+    let nfc: std::borrow::Cow<str> =
+        if unicode_normalization::is_nfc_quick(original.chars()) == IsNormalized::Yes {
+            original.into()
+        } else {
+            original.nfc().collect::<String>().into()
+        };
     let mut lossy = false;
-    let mut name: String = nfc
-        .chars()
-        .map(|c| {
-            if forbidden(c) {
-                lossy = true;
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let mut name: String = if nfc.chars().any(forbidden) {
+        nfc.chars()
+            .map(|c| {
+                if forbidden(c) {
+                    lossy = true;
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    } else {
+        nfc.into_owned()
+    };
     let trimmed = name
         .trim_matches(char::is_whitespace)
         .trim_end_matches('.')
@@ -160,11 +169,15 @@ pub fn safe_component(original: &str) -> SafeComponent {
 /// The key under which two names count as the same on a case-insensitive, normalising
 /// filesystem (APFS, NTFS, most zip extractors on those).
 fn fold_key(name: &str) -> u128 {
-    let folded: String = name
-        .nfkc()
-        .flat_map(char::to_lowercase)
-        .collect::<String>()
-        .replace('ß', "ss");
+    let folded: String = if name.is_ascii() {
+        // The same as below for ASCII, which NFKC leaves as it is.
+        name.to_ascii_lowercase()
+    } else {
+        name.nfkc()
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+            .replace('ß', "ss")
+    };
     let mut a = std::collections::hash_map::DefaultHasher::new();
     folded.hash(&mut a);
     let mut b = std::collections::hash_map::DefaultHasher::new();
@@ -182,8 +195,9 @@ const ROOT: DirId = 0;
 /// cost some tens of MiB at most.
 #[derive(Default)]
 pub struct PathMapper {
-    /// (parent folder, original component) → (folder id, safe name).
-    dirs: HashMap<(DirId, String), (DirId, String)>,
+    /// Parent folder → original component → (folder id, safe name). Nested so that a lookup
+    /// needs no owned key.
+    dirs: HashMap<DirId, HashMap<String, (DirId, String)>>,
     /// Names used in each folder, by fold key.
     taken: HashSet<(DirId, u128)>,
     next_dir: DirId,
@@ -213,10 +227,8 @@ impl PathMapper {
         let mut parent = ROOT;
         let mut out = String::new();
         for (depth, dir) in dirs.iter().enumerate() {
-            let (id, name) = self.dir(parent, dir, &components[..=depth]);
-            out.push_str(&name);
+            parent = self.dir(parent, dir, &components[..=depth], &mut out);
             out.push('/');
-            parent = id;
         }
         let name = self.claim(parent, file, components);
         out.push_str(&name);
@@ -232,14 +244,16 @@ impl PathMapper {
         }
         let mut parent = ROOT;
         for (orig, safe) in components[..components.len() - 1].iter().zip(&parts) {
-            parent = match self.dirs.get(&(parent, orig.clone())) {
+            parent = match self.dirs.get(&parent).and_then(|m| m.get(orig)) {
                 Some((id, _)) => *id,
                 None => {
                     let id = self.next_dir;
                     self.next_dir += 1;
                     self.taken.insert((parent, fold_key(safe)));
                     self.dirs
-                        .insert((parent, orig.clone()), (id, safe.to_string()));
+                        .entry(parent)
+                        .or_default()
+                        .insert(orig.clone(), (id, safe.to_string()));
                     id
                 }
             };
@@ -248,16 +262,22 @@ impl PathMapper {
             .insert((parent, fold_key(parts[parts.len() - 1])));
     }
 
-    fn dir(&mut self, parent: DirId, original: &str, full: &[String]) -> (DirId, String) {
-        if let Some((id, name)) = self.dirs.get(&(parent, original.to_string())) {
-            return (*id, name.clone());
+    /// The folder `original` in `parent` (mapped now if it is new); appends its safe name to
+    /// `out`.
+    fn dir(&mut self, parent: DirId, original: &str, full: &[String], out: &mut String) -> DirId {
+        if let Some((id, name)) = self.dirs.get(&parent).and_then(|m| m.get(original)) {
+            out.push_str(name);
+            return *id;
         }
         let name = self.claim(parent, original, full);
         let id = self.next_dir;
         self.next_dir += 1;
+        out.push_str(&name);
         self.dirs
-            .insert((parent, original.to_string()), (id, name.clone()));
-        (id, name)
+            .entry(parent)
+            .or_default()
+            .insert(original.to_string(), (id, name));
+        id
     }
 
     /// Picks a free safe name for `original` in folder `parent` and marks it used.

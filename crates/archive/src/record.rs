@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_core::{ChecksumCheck, Item, ItemKind, SourceInfo, SourceRef, StoredItem};
+use ferry_core::{ChecksumCheck, Digests, Item, ItemKind, SourceInfo, SourceRef, StoredItem};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -76,6 +76,27 @@ impl ItemRecord {
         }
     }
 
+    /// The record of an item stored in the payload, borrowed from the item: serialises exactly
+    /// as [`ItemRecord::stored`] does, without copying the item first (one record is written
+    /// per item, so for many small files the copy cost more than the serialising).
+    pub fn stored_ref<'a>(item: &'a Item, stored: &'a StoredItem) -> StoredRecord<'a> {
+        StoredRecord {
+            path: Some(&stored.path),
+            size: Some(stored.size),
+            digests: DigestsByName(&stored.digests),
+            kind: &item.kind,
+            skipped: None,
+            media_type: item.media_type.as_deref(),
+            source: &item.source,
+            source_checksums: &stored.checks,
+            created: item.created,
+            modified: item.modified,
+            retrieved_at: Some(stored.retrieved_at),
+            conversion: item.conversion.as_ref(),
+            extra: &item.extra,
+        }
+    }
+
     /// The record of an item that has no bytes to store.
     pub fn skipped(item: &Item, reason: &str) -> Self {
         ItemRecord {
@@ -93,6 +114,50 @@ impl ItemRecord {
             conversion: item.conversion.clone(),
             extra: item.extra.clone(),
         }
+    }
+}
+
+/// [`ItemRecord`] of a stored item, borrowed (see [`ItemRecord::stored_ref`]). The fields are
+/// those of [`ItemRecord`], in the same order and with the same encodings.
+#[derive(Serialize)]
+pub struct StoredRecord<'a> {
+    path: Option<&'a str>,
+    size: Option<u64>,
+    digests: DigestsByName<'a>,
+    #[serde(flatten)]
+    kind: &'a ItemKind,
+    skipped: Option<&'a str>,
+    media_type: Option<&'a str>,
+    source: &'a SourceRef,
+    source_checksums: &'a [ChecksumCheck],
+    #[serde(with = "time::serde::rfc3339::option")]
+    created: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    modified: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    retrieved_at: Option<OffsetDateTime>,
+    conversion: Option<&'a serde_json::Value>,
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// Digests as a map from algorithm name to value, names in order (as a `BTreeMap<String, _>`
+/// of them would be).
+struct DigestsByName<'a>(&'a Digests);
+
+impl Serialize for DigestsByName<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut entries: Vec<(&str, &str)> = self
+            .0
+            .iter()
+            .map(|(alg, value)| (alg.name(), value.as_str()))
+            .collect();
+        entries.sort_unstable_by_key(|(name, _)| *name);
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (name, value) in entries {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
     }
 }
 
@@ -186,4 +251,71 @@ pub struct SourceTotals {
     pub failed_items: u64,
     /// Skipped items by reason.
     pub skipped_reasons: BTreeMap<String, u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::{ChecksumAlgorithm, DigestAlgorithm};
+
+    fn full_item() -> (Item, StoredItem) {
+        let mut item = Item::file(
+            SourceRef {
+                system: "s3".into(),
+                account: Some("acct".into()),
+                container: Some("bucket".into()),
+                id: "a/b \"quoted\".txt".into(),
+                version: Some("v1".into()),
+                original_name: Some("b \"quoted\".txt".into()),
+                original_path: Some("a/b \"quoted\".txt".into()),
+            },
+            vec!["bucket".into(), "a".into(), "b.txt".into()],
+        );
+        item.kind = ItemKind::Symlink {
+            target: "../x".into(),
+        };
+        item.size = Some(5);
+        item.media_type = Some("text/plain".into());
+        item.created = Some(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap());
+        item.modified = Some(OffsetDateTime::from_unix_timestamp_nanos(1_700_000_001_5).unwrap());
+        item.conversion = Some(serde_json::json!({"from": "x", "to": "y"}));
+        item.extra.insert("mode".into(), "644".into());
+        item.extra
+            .insert("tags".into(), serde_json::json!({"k": [1, 2]}));
+        let mut digests = Digests::new();
+        digests.insert(DigestAlgorithm::Sha512, "bb".into());
+        digests.insert(DigestAlgorithm::Md5, "cc".into());
+        digests.insert(DigestAlgorithm::Sha256, "aa".into());
+        let stored = StoredItem {
+            path: "data/s3/bucket/a/b.txt".into(),
+            size: 5,
+            digests,
+            checks: vec![ChecksumCheck {
+                algorithm: ChecksumAlgorithm::Md5,
+                value: "cc".into(),
+                verified: true,
+                observed: None,
+            }],
+            retrieved_at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+        };
+        (item, stored)
+    }
+
+    #[test]
+    fn the_borrowed_stored_record_serialises_like_the_owned_one() {
+        let (item, stored) = full_item();
+        let owned = serde_json::to_string(&ItemRecord::stored(&item, &stored)).unwrap();
+        let borrowed = serde_json::to_string(&ItemRecord::stored_ref(&item, &stored)).unwrap();
+        assert_eq!(borrowed, owned);
+        // And with the optional parts absent.
+        let mut bare = item.clone();
+        bare.kind = ItemKind::File;
+        bare.media_type = None;
+        bare.created = None;
+        bare.conversion = None;
+        bare.extra.clear();
+        let owned = serde_json::to_string(&ItemRecord::stored(&bare, &stored)).unwrap();
+        let borrowed = serde_json::to_string(&ItemRecord::stored_ref(&bare, &stored)).unwrap();
+        assert_eq!(borrowed, owned);
+    }
 }

@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use time::OffsetDateTime;
 
+use crate::newfile::{NewFiles, Pending};
 use crate::pathmap::PathMapper;
 use crate::record::{
     ItemRecord, RunCounts, RunRecord, SourceInfoRecord, SourceTotals, FAILURES_JSONL, ITEMS_JSONL,
@@ -310,7 +310,11 @@ impl Journal {
     fn append(&mut self, value: &impl Serialize) -> io::Result<()> {
         let mut line = serde_json::to_vec(value).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        self.append_line(&line)
+    }
+    /// Appends one serialised line (ending in a newline).
+    fn append_line(&mut self, line: &[u8]) -> io::Result<()> {
+        self.file.write_all(line)?;
         self.bytes += line.len() as u64;
         self.lines += 1;
         Ok(())
@@ -349,7 +353,8 @@ struct Shared {
     places: Mutex<Places>,
     store: Arc<tokio::sync::Mutex<Store>>,
     side: Mutex<SideFiles>,
-    tmp_counter: AtomicU64,
+    /// Makes payload files (folder bags) that get their names only once complete.
+    new_files: NewFiles,
     /// Payload folders known to exist (saves a mkdir and a stat per file).
     made_dirs: Mutex<HashSet<PathBuf>>,
 }
@@ -619,6 +624,7 @@ impl BagWriter {
             last_checkpoint: Instant::now(),
             bytes_since_checkpoint: 0,
         };
+        let tmp_dir = work.join("tmp");
         let shared = Shared {
             target,
             work,
@@ -628,7 +634,7 @@ impl BagWriter {
             places: Mutex::new(places),
             store: Arc::new(tokio::sync::Mutex::new(store)),
             side: Mutex::new(side),
-            tmp_counter: AtomicU64::new(0),
+            new_files: NewFiles::new(tmp_dir),
             made_dirs: Mutex::new(HashSet::new()),
         };
         let writer = BagWriter {
@@ -856,10 +862,10 @@ impl Shared {
 
     /// Appends a stored item's journal line (the item is in place: its bytes are written and,
     /// for a zip, its entry committed) and makes a checkpoint when one is due.
-    fn record_stored(&self, store: &mut Store, line: &JournalLine, size: u64) -> Result<()> {
+    fn record_stored(&self, store: &mut Store, line: &[u8], size: u64) -> Result<()> {
         store
             .journal
-            .append(line)
+            .append_line(line)
             .map_err(io_err("writing the journal"))?;
         self.maybe_checkpoint(store, size)
     }
@@ -1391,7 +1397,7 @@ impl ItemWriter for StoreItem {
                 places.superseded.insert(old);
             }
         }
-        let line = journal_line(item, &stored);
+        let line = journal_line(item, &stored)?;
         let mut store = self.shared.store.lock().await;
         self.shared.record_stored(&mut store, &line, stored.size)
     }
@@ -1447,19 +1453,23 @@ impl Sink for BagWriter {
         let shared = self.shared.clone();
         match &shared.target {
             BagTarget::Folder(bag) => {
-                let n = shared.tmp_counter.fetch_add(1, Ordering::Relaxed);
-                let tmp = shared.work.join("tmp").join(n.to_string());
-                let file =
-                    File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
                 let final_path = bag.join(path);
+                let dir = final_path.parent().unwrap_or(bag);
+                shared.ensure_dir(dir)?;
+                let (file, pending) = shared
+                    .new_files
+                    .create(dir)
+                    .map_err(io_err(format!("creating {}", final_path.display())))?;
                 Ok(Box::new(FolderItem {
                     shared: self.shared.clone(),
-                    tmp: Some(tmp),
+                    pending: Some(pending),
                     offload: item.size.is_none_or(|s| s > OFFLOAD_MIN),
-                    // Chunks from local files are large already; the buffer matters for
-                    // network sources that deliver a few KiB at a time.
+                    // The buffer gathers what network sources deliver a few KiB at a time into
+                    // fewer writes. Never larger than the item: a chunk as large as the buffer
+                    // is written straight through, so an item that arrives in one chunk (local
+                    // files, small objects) is not copied into it first.
                     file: Some(Offloaded::Idle(BufWriter::with_capacity(
-                        item.size.unwrap_or(256 << 10).clamp(8 << 10, 256 << 10) as usize,
+                        item.size.unwrap_or(256 << 10).min(256 << 10) as usize,
                         file,
                     ))),
                     final_path,
@@ -1507,14 +1517,36 @@ impl Sink for BagWriter {
     }
 }
 
-fn journal_line(item: &Item, stored: &StoredItem) -> JournalLine {
-    let mut logical = Vec::with_capacity(item.path.len() + 1);
-    logical.push(item.source.system.clone());
-    logical.extend(item.path.iter().cloned());
-    JournalLine {
-        logical,
-        record: ItemRecord::stored(item, stored),
+/// A stored item's journal line, serialised (with its newline) from borrowed parts: before the
+/// archive's lock is taken, and without copying the item.
+fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
+    /// A [`JournalLine`] as it is written.
+    #[derive(Serialize)]
+    struct JournalLineRef<'a> {
+        logical: LogicalPath<'a>,
+        record: crate::record::StoredRecord<'a>,
     }
+    /// The source system, then the item's path: [`JournalLine::logical`].
+    struct LogicalPath<'a>(&'a Item);
+    impl Serialize for LogicalPath<'_> {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            serializer.collect_seq(std::iter::once(&self.0.source.system).chain(&self.0.path))
+        }
+    }
+    let mut line = serde_json::to_vec(&JournalLineRef {
+        logical: LogicalPath(item),
+        record: ItemRecord::stored_ref(item, stored),
+    })
+    .map_err(|e| {
+        Error::fatal(format!(
+            "internal error: a journal line does not serialise: {e}"
+        ))
+    })?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Items larger than this are written off the async threads (see [`Offloaded`]).
@@ -1579,7 +1611,8 @@ impl<W: Send + 'static> Offloaded<W> {
 /// One item being written into a folder bag: a temporary file renamed into place on commit.
 struct FolderItem {
     shared: Arc<Shared>,
-    tmp: Option<PathBuf>,
+    /// How the file gets its name; `None` once it has (or has been discarded).
+    pending: Option<Pending>,
     file: Option<Offloaded<BufWriter<File>>>,
     /// Large items are written on the blocking pool, overlapping with hashing; small ones
     /// inline, where a hand-off would cost more than the write.
@@ -1604,7 +1637,7 @@ impl ItemWriter for FolderItem {
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
         let file = self.file.take().expect("open file");
-        let tmp = self.tmp.take().expect("temp path");
+        let pending = self.pending.take().expect("pending file");
         let final_path = self.final_path.clone();
         let what = final_path.display().to_string();
         let file = file
@@ -1617,18 +1650,24 @@ impl ItemWriter for FolderItem {
             // Keep the source's modification time: restores and plain `ls -l` then tell the truth.
             let _ = file.set_modified(modified.into());
         }
+        let placed = self
+            .shared
+            .new_files
+            .put_in_place(&file, &pending, &final_path);
         drop(file);
-        if let Some(parent) = final_path.parent() {
-            self.shared.ensure_dir(parent)?;
+        if let Err(e) = placed {
+            if let Pending::Named(tmp) = pending {
+                let _ = fs::remove_file(tmp);
+            }
+            return Err(io_err(format!("moving {what} into place"))(e));
         }
-        fs::rename(&tmp, &final_path).map_err(io_err(format!("moving {what} into place")))?;
         {
             let mut places = self.shared.places.lock().expect("places lock");
             if let Some(old) = places.replacing.remove(&stored.path) {
                 places.superseded.insert(old);
             }
         }
-        let line = journal_line(item, &stored);
+        let line = journal_line(item, &stored)?;
         let mut store = self.shared.store.lock().await;
         self.shared.record_stored(&mut store, &line, stored.size)
     }
@@ -1641,7 +1680,7 @@ impl ItemWriter for FolderItem {
 impl FolderItem {
     fn discard(&mut self) {
         self.file.take();
-        if let Some(tmp) = self.tmp.take() {
+        if let Some(Pending::Named(tmp)) = self.pending.take() {
             let _ = fs::remove_file(tmp);
         }
     }
@@ -1704,7 +1743,7 @@ impl ItemWriter for ZipItem {
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
-        let line = journal_line(item, &stored);
+        let line = journal_line(item, &stored)?;
         let (mut store, cd) = match self.streaming.take() {
             Some(streaming) => {
                 let (mut store, entry) = streaming

@@ -230,7 +230,10 @@ impl Pipeline {
                                         options: self.options.clone(),
                                         large: large.clone(),
                                     };
-                                    running.spawn(async move { transfer.run(item, path).await });
+                                    // Boxed here: the transfer's future is some KiB,
+                                    // and spawning moves it through several calls;
+                                    // a box moves as a pointer.
+                                    running.spawn(Box::pin(transfer.run(item, path)));
                                 }
                             }
                         }
