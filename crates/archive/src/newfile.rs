@@ -7,6 +7,9 @@
 //! was a tenth of an export's time: a rename across folders takes the filesystem's rename lock
 //! and walks two paths, and every writer created its file in the same work folder.
 //!
+//! Both calls name the folder by a descriptor kept open for the folders in use, not by path: a
+//! path of seven components is looked up again on every call otherwise.
+//!
 //! Where the filesystem or the system does not offer unnamed files, a named file in the work
 //! area is written and renamed into place, as before; the first refusal switches to that for
 //! the rest of the run.
@@ -15,6 +18,12 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(target_os = "linux")]
+use std::{collections::HashMap, os::fd::OwnedFd, sync::Arc, sync::Mutex};
+
+/// Folder descriptors kept open at most (they are reopened when needed again).
+#[cfg(target_os = "linux")]
+const OPEN_FOLDERS: usize = 64;
 
 /// Makes new payload files and puts them in place (one per bag).
 pub(crate) struct NewFiles {
@@ -26,12 +35,16 @@ pub(crate) struct NewFiles {
     /// `linkat(fd, "", …, AT_EMPTY_PATH)` is allowed (it needs CAP_DAC_READ_SEARCH before
     /// Linux 6.10); otherwise the file is linked through `/proc/self/fd`.
     link_empty_path: AtomicBool,
+    /// Descriptors (`O_PATH`) of the folders files were made in lately.
+    #[cfg(target_os = "linux")]
+    folders: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
 }
 
 /// How a new file will get its name.
 pub(crate) enum Pending {
-    /// Opened unnamed in the folder of its final path.
-    Unnamed,
+    /// Opened unnamed in the folder of its final path (this descriptor).
+    #[cfg(target_os = "linux")]
+    Unnamed(Arc<OwnedFd>),
     /// A named temporary file, renamed into place.
     Named(PathBuf),
 }
@@ -44,20 +57,57 @@ impl NewFiles {
             counter: AtomicU64::new(0),
             unnamed: AtomicBool::new(cfg!(target_os = "linux")),
             link_empty_path: AtomicBool::new(true),
+            #[cfg(target_os = "linux")]
+            folders: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// An `O_PATH` descriptor of `dir`, opened once while it is in use.
+    #[cfg(target_os = "linux")]
+    fn folder(&self, dir: &Path) -> io::Result<Arc<OwnedFd>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut folders = self.folders.lock().expect("folders lock");
+        if let Some(fd) = folders.get(dir) {
+            return Ok(fd.clone());
+        }
+        let fd: Arc<OwnedFd> = Arc::new(
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(dir)?
+                .into(),
+        );
+        if folders.len() >= OPEN_FOLDERS {
+            // Items come folder by folder: forgetting them all now and then is enough.
+            folders.clear();
+        }
+        folders.insert(dir.to_path_buf(), fd.clone());
+        Ok(fd)
     }
 
     /// Opens a new, empty file for writing that will become a file in `dir` (which exists).
     pub(crate) fn create(&self, dir: &Path) -> io::Result<(File, Pending)> {
         #[cfg(target_os = "linux")]
         if self.unnamed.load(Ordering::Relaxed) {
-            use std::os::unix::fs::OpenOptionsExt;
-            match fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_TMPFILE)
-                .open(dir)
-            {
-                Ok(file) => return Ok((file, Pending::Unnamed)),
+            use std::os::fd::{AsRawFd, FromRawFd};
+            let folder = self.folder(dir)?;
+            // SAFETY: the folder descriptor is open; the path is a NUL-terminated literal.
+            let fd = unsafe {
+                libc::openat(
+                    folder.as_raw_fd(),
+                    c".".as_ptr(),
+                    libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o666 as libc::c_uint,
+                )
+            };
+            let opened = if fd >= 0 {
+                // SAFETY: a descriptor just opened, owned by nothing else.
+                Ok(unsafe { File::from_raw_fd(fd) })
+            } else {
+                Err(io::Error::last_os_error())
+            };
+            match opened {
+                Ok(file) => return Ok((file, Pending::Unnamed(folder))),
                 // Not offered by this filesystem (EOPNOTSUPP) or kernel (EISDIR, EINVAL).
                 Err(e)
                     if matches!(
@@ -78,7 +128,8 @@ impl NewFiles {
     }
 
     /// Gives the complete file its final name, replacing a file already there (an item stored
-    /// again because it changed since an interrupted run). `file` must still be open.
+    /// again because it changed since an interrupted run). `file` must still be open, and
+    /// `final_path` in the folder it was created for.
     pub(crate) fn put_in_place(
         &self,
         file: &File,
@@ -87,13 +138,14 @@ impl NewFiles {
     ) -> io::Result<()> {
         match pending {
             Pending::Named(tmp) => fs::rename(tmp, final_path),
-            Pending::Unnamed => match self.link(file, final_path) {
+            #[cfg(target_os = "linux")]
+            Pending::Unnamed(folder) => match self.link(file, Some(folder), final_path) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // A link cannot replace a file; a rename can, atomically: link to a named
                     // temporary file first. Rare (only replaced items), so its cost is no matter.
                     let n = self.counter.fetch_add(1, Ordering::Relaxed);
                     let tmp = self.tmp_dir.join(format!("{n}.replacing"));
-                    self.link(file, &tmp)?;
+                    self.link(file, None, &tmp)?;
                     fs::rename(&tmp, final_path).inspect_err(|_| {
                         let _ = fs::remove_file(&tmp);
                     })
@@ -103,25 +155,24 @@ impl NewFiles {
         }
     }
 
+    /// Links `file` to `to`: with `folder` (the folder `to` is in), by its name there; else
+    /// by its whole path.
     #[cfg(target_os = "linux")]
-    fn link(&self, file: &File, to: &Path) -> io::Result<()> {
+    fn link(&self, file: &File, folder: Option<&OwnedFd>, to: &Path) -> io::Result<()> {
         use std::ffi::CString;
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
-        let to = CString::new(to.as_os_str().as_bytes())
+        let (dir_fd, to) = match (folder, to.file_name()) {
+            (Some(folder), Some(name)) => (folder.as_raw_fd(), name.as_bytes()),
+            _ => (libc::AT_FDCWD, to.as_os_str().as_bytes()),
+        };
+        let to = CString::new(to)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"))?;
         let fd = file.as_raw_fd();
         if self.link_empty_path.load(Ordering::Relaxed) {
             // SAFETY: fd is open for the duration of the call; both strings are NUL-terminated.
-            let rc = unsafe {
-                libc::linkat(
-                    fd,
-                    c"".as_ptr(),
-                    libc::AT_FDCWD,
-                    to.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
+            let rc =
+                unsafe { libc::linkat(fd, c"".as_ptr(), dir_fd, to.as_ptr(), libc::AT_EMPTY_PATH) };
             if rc == 0 {
                 return Ok(());
             }
@@ -142,7 +193,7 @@ impl NewFiles {
             libc::linkat(
                 libc::AT_FDCWD,
                 from.as_ptr(),
-                libc::AT_FDCWD,
+                dir_fd,
                 to.as_ptr(),
                 libc::AT_SYMLINK_FOLLOW,
             )
@@ -152,14 +203,6 @@ impl NewFiles {
         } else {
             Err(io::Error::last_os_error())
         }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn link(&self, _file: &File, _to: &Path) -> io::Result<()> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "unnamed files exist only on Linux",
-        ))
     }
 }
 
@@ -188,7 +231,7 @@ mod tests {
         file.write_all(b"payload").unwrap();
         if cfg!(target_os = "linux") {
             assert!(
-                matches!(pending, Pending::Unnamed),
+                !matches!(pending, Pending::Named(_)),
                 "tmpfs and ext4 offer O_TMPFILE"
             );
             assert!(names(&data).is_empty() && names(&tmp).is_empty());
