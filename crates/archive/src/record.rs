@@ -142,7 +142,7 @@ pub struct StoredRecord<'a> {
 
 /// Digests as a map from algorithm name to value, names in order (as a `BTreeMap<String, _>`
 /// of them would be).
-struct DigestsByName<'a>(&'a Digests);
+pub(crate) struct DigestsByName<'a>(pub(crate) &'a Digests);
 
 impl Serialize for DigestsByName<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -277,7 +277,8 @@ mod tests {
         item.size = Some(5);
         item.media_type = Some("text/plain".into());
         item.created = Some(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap());
-        item.modified = Some(OffsetDateTime::from_unix_timestamp_nanos(1_700_000_001_5).unwrap());
+        item.modified =
+            Some(OffsetDateTime::from_unix_timestamp_nanos(1_700_000_001_500_000_000).unwrap());
         item.conversion = Some(serde_json::json!({"from": "x", "to": "y"}));
         item.extra.insert("mode".into(), "644".into());
         item.extra

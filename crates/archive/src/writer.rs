@@ -235,8 +235,13 @@ struct RecordDigests {
 }
 
 /// A journal line whose record is copied to items.jsonl as it is, without re-serialising.
+/// Lines written now carry the record's path, size and digests ahead of it, so
+/// the end of an export reads each line once; older lines have them only inside the record.
 #[derive(Deserialize)]
 struct RawJournalLine<'a> {
+    path: Option<String>,
+    size: Option<u64>,
+    digests: Option<std::collections::BTreeMap<String, String>>,
     #[serde(borrow)]
     record: &'a serde_json::value::RawValue,
 }
@@ -948,7 +953,14 @@ impl Shared {
             for_each_journal_line(&journal_path, &superseded, |line| {
                 let entry: RawJournalLine = serde_json::from_str(line).map_err(io::Error::other)?;
                 let record = entry.record.get();
-                let lite: RecordDigests = serde_json::from_str(record).map_err(io::Error::other)?;
+                let lite: RecordDigests = match (entry.path, entry.digests) {
+                    (Some(path), Some(digests)) => RecordDigests {
+                        path: Some(path),
+                        size: entry.size,
+                        digests,
+                    },
+                    _ => serde_json::from_str(record).map_err(io::Error::other)?,
+                };
                 let Some(path) = lite.path else {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -1127,11 +1139,21 @@ fn for_each_journal_line(
     superseded: &HashSet<u64>,
     mut f: impl FnMut(&str) -> io::Result<()>,
 ) -> io::Result<()> {
-    let reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-    for (i, line) in reader.lines().enumerate() {
-        let line = line?;
-        if !superseded.contains(&(i as u64)) {
-            f(&line)?;
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+    // One buffer for every line: a journal has a line per item.
+    let mut line = Vec::new();
+    for i in 0u64.. {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        if !superseded.contains(&i) {
+            let text = std::str::from_utf8(&line)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            f(text)?;
         }
     }
     Ok(())
@@ -1524,6 +1546,10 @@ fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
     #[derive(Serialize)]
     struct JournalLineRef<'a> {
         logical: LogicalPath<'a>,
+        // What the manifests need, ahead of the record (see `RawJournalLine`).
+        path: &'a str,
+        size: u64,
+        digests: crate::record::DigestsByName<'a>,
         record: crate::record::StoredRecord<'a>,
     }
     /// The source system, then the item's path: [`JournalLine::logical`].
@@ -1538,6 +1564,9 @@ fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
     }
     let mut line = serde_json::to_vec(&JournalLineRef {
         logical: LogicalPath(item),
+        path: &stored.path,
+        size: stored.size,
+        digests: crate::record::DigestsByName(&stored.digests),
         record: ItemRecord::stored_ref(item, stored),
     })
     .map_err(|e| {
