@@ -138,14 +138,15 @@ pub struct ExportArgs {
 /// How to read a source: what `ferry export` and `ferry backup` share.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
-    /// Items transferred at once [default: 64 for s3:// sources, 8 for the others], of which
-    /// at most 8 larger than 1 MiB.
+    /// Items transferred at once [default: 64 for s3:// sources, 32 for fs:, 8 for the
+    /// others], of which at most 8 larger than 1 MiB.
     ///
     /// An object store answers each request after a round trip (tens of milliseconds to S3),
     /// so small objects go as fast as the requests kept in flight: 64 by default. Large items
     /// fill the link with a few (S3 objects also in --parallel-parts ranges each) and hold
-    /// buffers while they run, so more of them would only add memory. Local folders gain
-    /// nothing past a few, and Microsoft 365 and Google throttle clients that ask for more.
+    /// buffers while they run, so more of them would only add memory. A small local file
+    /// takes microseconds, so a folder keeps 32 in flight to keep every core busy; Microsoft
+    /// 365 and Google throttle clients that ask for more than 8.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: Option<u32>,
     /// Attempts per item after the first, for transient errors (throttling, timeouts, changes
@@ -178,7 +179,10 @@ pub struct SourceArgs {
 
 /// `--concurrency`'s default for an S3 source.
 pub const S3_CONCURRENCY: u32 = 64;
-/// `--concurrency`'s default for the other sources.
+/// `--concurrency`'s default for a local folder (`fs:`): a small file takes microseconds, so
+/// with only a few in flight the threads keep waiting for the next one to be handed out.
+pub const FS_CONCURRENCY: u32 = 32;
+/// `--concurrency`'s default for the other sources (the cloud APIs throttle).
 pub const CONCURRENCY: u32 = 8;
 /// Of the items transferred at once, how many may be larger than 1 MiB
 /// ([`ferry_core::LARGE_ITEM`]).
@@ -189,6 +193,8 @@ impl SourceArgs {
     pub fn concurrency_for(&self, source: &str) -> u32 {
         self.concurrency.unwrap_or(if source.starts_with("s3://") {
             S3_CONCURRENCY
+        } else if source.starts_with("fs:") {
+            FS_CONCURRENCY
         } else {
             CONCURRENCY
         })
@@ -739,7 +745,7 @@ mod tests {
         let s3 = export_args(&["s3://bucket", "--to", "bag"]);
         assert_eq!(s3.src.concurrency_for(&s3.source), S3_CONCURRENCY);
         let fs = export_args(&["fs:/srv/share", "--to", "bag"]);
-        assert_eq!(fs.src.concurrency_for(&fs.source), CONCURRENCY);
+        assert_eq!(fs.src.concurrency_for(&fs.source), FS_CONCURRENCY);
         assert_eq!(fs.src.concurrency_for("m365:example.org"), CONCURRENCY);
         let set = export_args(&["s3://bucket", "--to", "bag", "--concurrency", "3"]);
         assert_eq!(set.src.concurrency_for(&set.source), 3);
