@@ -215,18 +215,28 @@ struct Checkpoint {
     journal_lines: u64,
 }
 
-/// One journal line.
-#[derive(Serialize, Deserialize)]
+/// One journal line, read back.
+///
+/// Written as `HEADER<TAB>RECORD` (see [`journal_line`]): the header is a small JSON object
+/// with the logical path and what the manifests need ([`JournalHeader`]), the record is the
+/// items.jsonl line as it will appear. JSON never holds a raw tab, so the first tab splits
+/// them, and the end of an export copies each record without parsing it. Lines of earlier
+/// versions are one object, `{"logical":…,"record":…}`, and are still read.
+#[derive(Deserialize)]
 struct JournalLine {
     logical: Vec<String>,
     record: ItemRecord,
 }
 
-/// Just what the manifest passes need of a journal line.
 #[derive(Deserialize)]
-struct JournalDigests {
-    record: RecordDigests,
+struct JournalHeader {
+    logical: Vec<String>,
+    path: Option<String>,
+    size: Option<u64>,
+    digests: std::collections::BTreeMap<String, String>,
 }
+
+/// Just what the manifest passes need of a journal line.
 #[derive(Deserialize)]
 struct RecordDigests {
     path: Option<String>,
@@ -234,16 +244,52 @@ struct RecordDigests {
     digests: std::collections::BTreeMap<String, String>,
 }
 
-/// A journal line whose record is copied to items.jsonl as it is, without re-serialising.
-/// Lines written now carry the record's path, size and digests ahead of it, so
-/// the end of an export reads each line once; older lines have them only inside the record.
+/// An earlier version's journal line whose record is copied to items.jsonl as it is.
 #[derive(Deserialize)]
 struct RawJournalLine<'a> {
-    path: Option<String>,
-    size: Option<u64>,
-    digests: Option<std::collections::BTreeMap<String, String>>,
     #[serde(borrow)]
     record: &'a serde_json::value::RawValue,
+}
+
+/// A journal line's header (lines of this version) and the JSON text of its record.
+fn split_journal_line(line: &str) -> (Option<&str>, &str) {
+    match line.split_once('\t') {
+        Some((header, record)) => (Some(header), record),
+        None => (None, line),
+    }
+}
+
+impl JournalLine {
+    fn parse(line: &str) -> serde_json::Result<Self> {
+        match split_journal_line(line) {
+            (Some(header), record) => Ok(JournalLine {
+                logical: serde_json::from_str::<JournalHeader>(header)?.logical,
+                record: serde_json::from_str(record)?,
+            }),
+            (None, whole) => serde_json::from_str(whole),
+        }
+    }
+}
+
+impl RecordDigests {
+    /// What the manifests need of a journal line, and its record's JSON text.
+    fn parse(line: &str) -> serde_json::Result<(Self, &str)> {
+        match split_journal_line(line) {
+            (Some(header), record) => {
+                let header: JournalHeader = serde_json::from_str(header)?;
+                let lite = RecordDigests {
+                    path: header.path,
+                    size: header.size,
+                    digests: header.digests,
+                };
+                Ok((lite, record.trim_end()))
+            }
+            (None, whole) => {
+                let record = serde_json::from_str::<RawJournalLine>(whole)?.record.get();
+                Ok((serde_json::from_str(record)?, record))
+            }
+        }
+    }
 }
 
 struct Done {
@@ -719,8 +765,8 @@ impl BagWriter {
                 // Written after the last checkpoint: not trusted. If it replaced an older copy
                 // of an item, that older copy's file is gone too.
                 info.dropped += 1;
-                if let Ok(entry) = serde_json::from_str::<JournalDigests>(&line) {
-                    if let Some(p) = entry.record.path {
+                if let Ok((entry, _)) = RecordDigests::parse(&line) {
+                    if let Some(p) = entry.path {
                         dropped_paths.insert(p);
                     }
                 }
@@ -730,7 +776,7 @@ impl BagWriter {
             if bytes_seen_past_checkpoint {
                 continue;
             }
-            let entry: JournalLine = match serde_json::from_str(&line) {
+            let entry = match JournalLine::parse(&line) {
                 Ok(e) => e,
                 Err(_) => break,
             };
@@ -951,16 +997,7 @@ impl Shared {
         }
         let items_digests = tags.write(ITEMS_JSONL, &mut |out| {
             for_each_journal_line(&journal_path, &superseded, |line| {
-                let entry: RawJournalLine = serde_json::from_str(line).map_err(io::Error::other)?;
-                let record = entry.record.get();
-                let lite: RecordDigests = match (entry.path, entry.digests) {
-                    (Some(path), Some(digests)) => RecordDigests {
-                        path: Some(path),
-                        size: entry.size,
-                        digests,
-                    },
-                    _ => serde_json::from_str(record).map_err(io::Error::other)?,
-                };
+                let (lite, record) = RecordDigests::parse(line).map_err(io::Error::other)?;
                 let Some(path) = lite.path else {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -1539,18 +1576,16 @@ impl Sink for BagWriter {
     }
 }
 
-/// A stored item's journal line, serialised (with its newline) from borrowed parts: before the
-/// archive's lock is taken, and without copying the item.
+/// A stored item's journal line (see [`JournalLine`]), serialised with its newline from
+/// borrowed parts: before the archive's lock is taken, and without copying the item.
 fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
-    /// A [`JournalLine`] as it is written.
+    /// A [`JournalHeader`] as it is written.
     #[derive(Serialize)]
-    struct JournalLineRef<'a> {
+    struct HeaderRef<'a> {
         logical: LogicalPath<'a>,
-        // What the manifests need, ahead of the record (see `RawJournalLine`).
         path: &'a str,
         size: u64,
         digests: crate::record::DigestsByName<'a>,
-        record: crate::record::StoredRecord<'a>,
     }
     /// The source system, then the item's path: [`JournalLine::logical`].
     struct LogicalPath<'a>(&'a Item);
@@ -1562,18 +1597,24 @@ fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
             serializer.collect_seq(std::iter::once(&self.0.source.system).chain(&self.0.path))
         }
     }
-    let mut line = serde_json::to_vec(&JournalLineRef {
-        logical: LogicalPath(item),
-        path: &stored.path,
-        size: stored.size,
-        digests: crate::record::DigestsByName(&stored.digests),
-        record: ItemRecord::stored_ref(item, stored),
-    })
-    .map_err(|e| {
+    let internal = |e: serde_json::Error| {
         Error::fatal(format!(
             "internal error: a journal line does not serialise: {e}"
         ))
-    })?;
+    };
+    let mut line = Vec::with_capacity(1024);
+    serde_json::to_writer(
+        &mut line,
+        &HeaderRef {
+            logical: LogicalPath(item),
+            path: &stored.path,
+            size: stored.size,
+            digests: crate::record::DigestsByName(&stored.digests),
+        },
+    )
+    .map_err(internal)?;
+    line.push(b'\t');
+    serde_json::to_writer(&mut line, &ItemRecord::stored_ref(item, stored)).map_err(internal)?;
     line.push(b'\n');
     Ok(line)
 }
@@ -1841,5 +1882,73 @@ impl ZipItem {
 impl Drop for ZipItem {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::SourceRef;
+
+    fn stored_item() -> (Item, StoredItem) {
+        let mut item = Item::file(
+            SourceRef {
+                system: "fs".into(),
+                account: None,
+                container: Some("/srv".into()),
+                id: "a\tb/c.txt".into(),
+                version: None,
+                original_name: Some("c.txt".into()),
+                original_path: Some("a\tb/c.txt".into()),
+            },
+            vec!["srv".into(), "a\tb".into(), "c.txt".into()],
+        );
+        item.size = Some(3);
+        let mut digests = Digests::new();
+        digests.insert(DigestAlgorithm::Sha256, "ab".into());
+        digests.insert(DigestAlgorithm::Md5, "cd".into());
+        let stored = StoredItem {
+            path: "data/fs/srv/a\tb/c.txt".into(),
+            size: 3,
+            digests,
+            checks: Vec::new(),
+            retrieved_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        (item, stored)
+    }
+
+    #[test]
+    fn journal_lines_of_this_and_earlier_versions_read_the_same() {
+        let (item, stored) = stored_item();
+        let new = String::from_utf8(journal_line(&item, &stored).unwrap()).unwrap();
+        assert_eq!(new.matches('\t').count(), 1, "tabs in names are escaped: {new}");
+        // An earlier version wrote one object.
+        #[derive(Serialize)]
+        struct Old<'a> {
+            logical: Vec<String>,
+            record: &'a ItemRecord,
+        }
+        let record = ItemRecord::stored(&item, &stored);
+        let mut logical = vec![item.source.system.clone()];
+        logical.extend(item.path.iter().cloned());
+        let old = serde_json::to_string(&Old {
+            logical: logical.clone(),
+            record: &record,
+        })
+        .unwrap()
+            + "\n";
+        for line in [&new, &old] {
+            let parsed = JournalLine::parse(line).unwrap();
+            assert_eq!(parsed.logical, logical);
+            assert_eq!(parsed.record.path.as_deref(), Some(stored.path.as_str()));
+            assert_eq!(parsed.record.source.id, item.source.id);
+            let (lite, text) = RecordDigests::parse(line.trim_end()).unwrap();
+            assert_eq!(lite.path.as_deref(), Some(stored.path.as_str()));
+            assert_eq!(lite.size, Some(3));
+            assert_eq!(lite.digests["sha256"], "ab");
+            assert_eq!(lite.digests["md5"], "cd");
+            // The record text is the items.jsonl line, byte for byte.
+            assert_eq!(text, serde_json::to_string(&record).unwrap());
+        }
     }
 }
