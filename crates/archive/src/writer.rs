@@ -1619,6 +1619,9 @@ fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
     Ok(line)
 }
 
+/// Zip entries gathered in memory up to this size are deflated on the async threads.
+const INLINE_DEFLATE_MAX: usize = 16 << 10;
+
 /// Items larger than this are written off the async threads (see [`Offloaded`]).
 const OFFLOAD_MIN: u64 = 1 << 20;
 
@@ -1831,10 +1834,15 @@ impl ItemWriter for ZipItem {
             None => {
                 let content = std::mem::take(&mut self.buffer);
                 let meta = self.meta.clone();
-                let prepared =
+                // A CRC takes microseconds, less than a trip to the blocking pool and back
+                // (which dominated zips of many small files); deflating a large entry does not.
+                let prepared = if !meta.deflate || content.len() <= INLINE_DEFLATE_MAX {
+                    PreparedEntry::new(meta, content)
+                } else {
                     tokio::task::spawn_blocking(move || PreparedEntry::new(meta, content))
                         .await
-                        .map_err(|e| Error::fatal(format!("internal error: {e}")))?;
+                        .map_err(|e| Error::fatal(format!("internal error: {e}")))?
+                };
                 let mut store = self.shared.store.clone().lock_owned().await;
                 let cd = store
                     .zip
@@ -1921,7 +1929,11 @@ mod tests {
     fn journal_lines_of_this_and_earlier_versions_read_the_same() {
         let (item, stored) = stored_item();
         let new = String::from_utf8(journal_line(&item, &stored).unwrap()).unwrap();
-        assert_eq!(new.matches('\t').count(), 1, "tabs in names are escaped: {new}");
+        assert_eq!(
+            new.matches('\t').count(),
+            1,
+            "tabs in names are escaped: {new}"
+        );
         // An earlier version wrote one object.
         #[derive(Serialize)]
         struct Old<'a> {
