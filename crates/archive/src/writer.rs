@@ -393,6 +393,69 @@ struct Store {
     zip: Option<ZipBuilder>,
     last_checkpoint: Instant,
     bytes_since_checkpoint: u64,
+    /// items.jsonl records and manifest lines staged as items are stored (see [`Staged`]);
+    /// `None` when the export resumed or staging failed: then finish reads the journal.
+    staged: Option<Staged>,
+}
+
+/// What finish would otherwise make from the journal, written as items are stored: their
+/// items.jsonl records and payload manifest lines, in journal order (both are written under
+/// the archive lock). Finishing a bag runs alone after every transfer, on one core; with this
+/// it copies two files instead of reading the whole journal again. Only for exports that did
+/// not resume (a resumed export's earlier lines come first, from the journal); never needed
+/// for a resume, so never flushed to disk before finish.
+struct Staged {
+    items: BufWriter<File>,
+    manifests: Vec<(DigestAlgorithm, BufWriter<File>)>,
+    files: u64,
+    bytes: u64,
+}
+
+impl Staged {
+    fn items_path(work: &Path) -> PathBuf {
+        work.join("items.staged")
+    }
+
+    fn manifest_path(work: &Path, alg: DigestAlgorithm) -> PathBuf {
+        work.join(format!("manifest-{}.staged", alg.name()))
+    }
+
+    fn create(work: &Path, algs: &[DigestAlgorithm]) -> io::Result<Self> {
+        let open = |p: PathBuf| File::create(p).map(|f| BufWriter::with_capacity(256 << 10, f));
+        Ok(Staged {
+            items: open(Self::items_path(work))?,
+            manifests: algs
+                .iter()
+                .map(|alg| Ok((*alg, open(Self::manifest_path(work, *alg))?)))
+                .collect::<io::Result<_>>()?,
+            files: 0,
+            bytes: 0,
+        })
+    }
+
+    /// Adds one stored item: its record (the journal line's part after the header, with the
+    /// newline) and its manifest lines.
+    fn add(&mut self, record: &[u8], stored: &StoredItem) -> io::Result<()> {
+        self.items.write_all(record)?;
+        let encoded = encode_manifest_path(&stored.path);
+        for (alg, w) in &mut self.manifests {
+            let digest = stored.digests.get(alg).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no {alg} digest"))
+            })?;
+            writeln!(w, "{digest}  {encoded}")?;
+        }
+        self.files += 1;
+        self.bytes += stored.size;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.items.flush()?;
+        for (_, w) in &mut self.manifests {
+            w.flush()?;
+        }
+        Ok(())
+    }
 }
 
 struct Shared {
@@ -669,11 +732,20 @@ impl BagWriter {
             failures: Journal::open(&work.join("failures.jsonl"), 0, 0)
                 .map_err(io_err("opening the work area"))?,
         };
+        // A fresh start (nothing kept from an earlier attempt) stages the tag files as it goes.
+        let staged = if journal.lines == 0 {
+            Staged::create(&work, &options.digests)
+                .map_err(io_err("creating the work area"))?
+                .into()
+        } else {
+            None
+        };
         let store = Store {
             journal,
             zip,
             last_checkpoint: Instant::now(),
             bytes_since_checkpoint: 0,
+            staged,
         };
         let tmp_dir = work.join("tmp");
         let shared = Shared {
@@ -913,12 +985,23 @@ impl Shared {
 
     /// Appends a stored item's journal line (the item is in place: its bytes are written and,
     /// for a zip, its entry committed) and makes a checkpoint when one is due.
-    fn record_stored(&self, store: &mut Store, line: &[u8], size: u64) -> Result<()> {
+    fn record_stored(&self, store: &mut Store, line: &[u8], stored: &StoredItem) -> Result<()> {
         store
             .journal
             .append_line(line)
             .map_err(io_err("writing the journal"))?;
-        self.maybe_checkpoint(store, size)
+        if let Some(staged) = &mut store.staged {
+            let record = line
+                .iter()
+                .position(|&b| b == b'\t')
+                .map_or(line, |tab| &line[tab + 1..]);
+            if let Err(e) = staged.add(record, stored) {
+                // The journal has it all; finish reads it instead.
+                tracing::debug!(error = %e, "staging the tag files failed; finish reads the journal");
+                store.staged = None;
+            }
+        }
+        self.maybe_checkpoint(store, stored.size)
     }
 
     fn maybe_checkpoint(&self, store: &mut Store, added: u64) -> Result<()> {
@@ -958,6 +1041,14 @@ impl Shared {
         }
         let superseded = self.places.lock().expect("places lock").superseded.clone();
         let store = &mut *store;
+        // What was staged while the items were stored, when it covers every line.
+        let staged = match store.staged.take() {
+            Some(mut s) if superseded.is_empty() && s.files == store.journal.lines => {
+                s.flush().map_err(io_err("staging the tag files"))?;
+                Some(s)
+            }
+            _ => None,
+        };
         let mut tags: Box<dyn TagTarget + '_> = match (&self.target, store.zip.as_mut()) {
             (BagTarget::Zip(_), Some(zip)) => Box::new(ZipTags {
                 algs: self.options.digests.clone(),
@@ -981,45 +1072,50 @@ impl Shared {
         };
         let journal_path = self.work.join("journal.jsonl");
         let algs = self.options.digests.clone();
-        // One pass over the journal writes items.jsonl (stored items, then recorded-only ones)
-        // and stages every payload manifest, counting the payload on the way.
-        let mut payload_files = 0u64;
-        let mut payload_bytes = 0u64;
+        // Unless staged while the items were stored: one pass over the journal stages
+        // items.jsonl's records and every payload manifest, counting the payload on the way.
+        let mut staged = match staged {
+            Some(staged) => staged,
+            None => {
+                let mut staged =
+                    Staged::create(&self.work, &algs).map_err(io_err("staging the manifests"))?;
+                for_each_journal_line(&journal_path, &superseded, |line| {
+                    let (lite, record) = RecordDigests::parse(line).map_err(io::Error::other)?;
+                    let Some(path) = lite.path else {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "journal line without a payload path",
+                        ));
+                    };
+                    staged.items.write_all(record.as_bytes())?;
+                    staged.items.write_all(b"\n")?;
+                    let encoded = encode_manifest_path(&path);
+                    for (alg, w) in &mut staged.manifests {
+                        let digest = lite.digests.get(alg.name()).ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("journal line without a {alg} digest"),
+                            )
+                        })?;
+                        writeln!(w, "{digest}  {encoded}")?;
+                    }
+                    staged.files += 1;
+                    staged.bytes += lite.size.unwrap_or(0);
+                    Ok(())
+                })
+                .and_then(|()| staged.flush())
+                .map_err(io_err("reading the journal"))?;
+                staged
+            }
+        };
+        let (payload_files, payload_bytes) = (staged.files, staged.bytes);
+        drop(std::mem::take(&mut staged.manifests));
+        // items.jsonl: the stored items' records, then the recorded-only ones.
         let skipped_path = self.work.join("skipped.jsonl");
         let mut skipped_items = 0u64;
-        let staged_manifest =
-            |alg: &DigestAlgorithm| self.work.join(format!("manifest-{}.staged", alg.name()));
-        let mut staged = Vec::with_capacity(algs.len());
-        for alg in &algs {
-            let file =
-                File::create(staged_manifest(alg)).map_err(io_err("staging the manifests"))?;
-            staged.push((*alg, BufWriter::with_capacity(256 << 10, file)));
-        }
+        let items_path = Staged::items_path(&self.work);
         let items_digests = tags.write(ITEMS_JSONL, &mut |out| {
-            for_each_journal_line(&journal_path, &superseded, |line| {
-                let (lite, record) = RecordDigests::parse(line).map_err(io::Error::other)?;
-                let Some(path) = lite.path else {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "journal line without a payload path",
-                    ));
-                };
-                payload_files += 1;
-                payload_bytes += lite.size.unwrap_or(0);
-                out.write_all(record.as_bytes())?;
-                out.write_all(b"\n")?;
-                let encoded = encode_manifest_path(&path);
-                for (alg, w) in &mut staged {
-                    let digest = lite.digests.get(alg.name()).ok_or_else(|| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("journal line without a {alg} digest"),
-                        )
-                    })?;
-                    writeln!(w, "{digest}  {encoded}")?;
-                }
-                Ok(())
-            })?;
+            io::copy(&mut File::open(&items_path)?, out)?;
             for line in BufReader::new(File::open(&skipped_path)?).lines() {
                 let line = line?;
                 skipped_items += 1;
@@ -1028,14 +1124,11 @@ impl Shared {
             }
             Ok(())
         })?;
-        for (_, w) in &mut staged {
-            w.flush().map_err(io_err("staging the manifests"))?;
-        }
         drop(staged);
         let mut tag_digests: Vec<(String, Digests)> = vec![(ITEMS_JSONL.into(), items_digests)];
         for alg in &algs {
             let name = format!("manifest-{}.txt", alg.name());
-            let from = staged_manifest(alg);
+            let from = Staged::manifest_path(&self.work, *alg);
             let d = tags.write(&name, &mut |out| {
                 io::copy(&mut File::open(&from)?, out).map(|_| ())
             })?;
@@ -1458,7 +1551,7 @@ impl ItemWriter for StoreItem {
         }
         let line = journal_line(item, &stored)?;
         let mut store = self.shared.store.lock().await;
-        self.shared.record_stored(&mut store, &line, stored.size)
+        self.shared.record_stored(&mut store, &line, &stored)
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -1742,7 +1835,7 @@ impl ItemWriter for FolderItem {
         }
         let line = journal_line(item, &stored)?;
         let mut store = self.shared.store.lock().await;
-        self.shared.record_stored(&mut store, &line, stored.size)
+        self.shared.record_stored(&mut store, &line, &stored)
     }
 
     async fn abort(mut self: Box<Self>) {
@@ -1859,7 +1952,7 @@ impl ItemWriter for ZipItem {
             .expect("zip builder")
             .commit(&cd)
             .map_err(io_err("writing the zip"))?;
-        self.shared.record_stored(&mut store, &line, stored.size)
+        self.shared.record_stored(&mut store, &line, &stored)
     }
 
     async fn abort(mut self: Box<Self>) {
