@@ -113,7 +113,11 @@ fn hostile_names_survive_a_folder_export() {
 fn zip_export_holds_the_same_bag() {
     let tmp = tempdir();
     let src = tmp.path().join("share");
-    let files = hostile_tree(&src);
+    let mut files = hostile_tree(&src);
+    // The hostile names' contents are a few bytes each, too small for deflate to show against
+    // the run-to-run variation of the (always deflated) tag files: one text file that does.
+    std::fs::write(src.join("compressible.txt"), "ferry ".repeat(16 << 10)).unwrap();
+    files.push(b"compressible.txt".to_vec());
     for (zip_name, extra) in [("stored.zip", None), ("deflated.zip", Some("--compress"))] {
         let zip = tmp.path().join(zip_name);
         let mut args = vec![
@@ -154,7 +158,7 @@ fn zip_export_holds_the_same_bag() {
         .unwrap()
         .len();
     assert!(
-        deflated < stored,
+        deflated + (64 << 10) < stored,
         "--compress deflates ({deflated} vs {stored})"
     );
 }

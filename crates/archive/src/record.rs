@@ -254,11 +254,12 @@ pub struct SourceTotals {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ferry_core::{ChecksumAlgorithm, DigestAlgorithm};
 
-    fn full_item() -> (Item, StoredItem) {
+    /// An item with every field set, and what storing it gave.
+    pub(crate) fn full_item() -> (Item, StoredItem) {
         let mut item = Item::file(
             SourceRef {
                 system: "s3".into(),

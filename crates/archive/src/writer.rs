@@ -1989,32 +1989,13 @@ impl Drop for ZipItem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_core::SourceRef;
 
+    /// The record tests' item, with a tab in its names (a journal line splits at a tab).
     fn stored_item() -> (Item, StoredItem) {
-        let mut item = Item::file(
-            SourceRef {
-                system: "fs".into(),
-                account: None,
-                container: Some("/srv".into()),
-                id: "a\tb/c.txt".into(),
-                version: None,
-                original_name: Some("c.txt".into()),
-                original_path: Some("a\tb/c.txt".into()),
-            },
-            vec!["srv".into(), "a\tb".into(), "c.txt".into()],
-        );
-        item.size = Some(3);
-        let mut digests = Digests::new();
-        digests.insert(DigestAlgorithm::Sha256, "ab".into());
-        digests.insert(DigestAlgorithm::Md5, "cd".into());
-        let stored = StoredItem {
-            path: "data/fs/srv/a\tb/c.txt".into(),
-            size: 3,
-            digests,
-            checks: Vec::new(),
-            retrieved_at: OffsetDateTime::UNIX_EPOCH,
-        };
+        let (mut item, mut stored) = crate::record::tests::full_item();
+        item.source.id = "a\tb/c.txt".into();
+        item.path[1] = "a\tb".into();
+        stored.path = "data/s3/bucket/a\tb/c.txt".into();
         (item, stored)
     }
 
@@ -2049,9 +2030,12 @@ mod tests {
             assert_eq!(parsed.record.source.id, item.source.id);
             let (lite, text) = RecordDigests::parse(line.trim_end()).unwrap();
             assert_eq!(lite.path.as_deref(), Some(stored.path.as_str()));
-            assert_eq!(lite.size, Some(3));
-            assert_eq!(lite.digests["sha256"], "ab");
-            assert_eq!(lite.digests["md5"], "cd");
+            assert_eq!(lite.size, Some(stored.size));
+            assert_eq!(
+                lite.digests["sha256"],
+                stored.digests[&DigestAlgorithm::Sha256]
+            );
+            assert_eq!(lite.digests["md5"], stored.digests[&DigestAlgorithm::Md5]);
             // The record text is the items.jsonl line, byte for byte.
             assert_eq!(text, serde_json::to_string(&record).unwrap());
         }
