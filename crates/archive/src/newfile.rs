@@ -38,6 +38,30 @@ pub(crate) struct NewFiles {
     /// Descriptors (`O_PATH`) of the folders files were made in lately.
     #[cfg(target_os = "linux")]
     folders: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    /// Whether linking unnamed files was tried yet (see [`NewFiles::probe`]).
+    #[cfg(target_os = "linux")]
+    probed: std::sync::Once,
+}
+
+/// Opens a new unnamed file for writing in `folder`.
+#[cfg(target_os = "linux")]
+fn open_unnamed(folder: &OwnedFd) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: the folder descriptor is open; the path is a NUL-terminated literal.
+    let fd = unsafe {
+        libc::openat(
+            folder.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor just opened, owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// How a new file will get its name.
@@ -59,6 +83,8 @@ impl NewFiles {
             link_empty_path: AtomicBool::new(true),
             #[cfg(target_os = "linux")]
             folders: Mutex::new(HashMap::new()),
+            #[cfg(target_os = "linux")]
+            probed: std::sync::Once::new(),
         }
     }
 
@@ -88,25 +114,11 @@ impl NewFiles {
     /// Opens a new, empty file for writing that will become a file in `dir` (which exists).
     pub(crate) fn create(&self, dir: &Path) -> io::Result<(File, Pending)> {
         #[cfg(target_os = "linux")]
+        self.probed.call_once(|| self.probe());
+        #[cfg(target_os = "linux")]
         if self.unnamed.load(Ordering::Relaxed) {
-            use std::os::fd::{AsRawFd, FromRawFd};
             let folder = self.folder(dir)?;
-            // SAFETY: the folder descriptor is open; the path is a NUL-terminated literal.
-            let fd = unsafe {
-                libc::openat(
-                    folder.as_raw_fd(),
-                    c".".as_ptr(),
-                    libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-                    0o666 as libc::c_uint,
-                )
-            };
-            let opened = if fd >= 0 {
-                // SAFETY: a descriptor just opened, owned by nothing else.
-                Ok(unsafe { File::from_raw_fd(fd) })
-            } else {
-                Err(io::Error::last_os_error())
-            };
-            match opened {
+            match open_unnamed(&folder) {
                 Ok(file) => return Ok((file, Pending::Unnamed(folder))),
                 // Not offered by this filesystem (EOPNOTSUPP) or kernel (EISDIR, EINVAL).
                 Err(e)
@@ -125,6 +137,26 @@ impl NewFiles {
         let tmp = self.tmp_dir.join(n.to_string());
         let file = File::create(&tmp)?;
         Ok((file, Pending::Named(tmp)))
+    }
+
+    /// Checks once, in the work area, that an unnamed file can be linked to a name here: a
+    /// process that may not link by descriptor (before Linux 6.10, without CAP_DAC_READ_SEARCH)
+    /// links through /proc, which a container may lack — and then every item would fail at its
+    /// last step. If not, named temporary files are used from the start.
+    #[cfg(target_os = "linux")]
+    fn probe(&self) {
+        let linked = (|| -> io::Result<()> {
+            let folder = self.folder(&self.tmp_dir)?;
+            let file = open_unnamed(&folder)?;
+            let name = self.tmp_dir.join(format!("probe-{}", std::process::id()));
+            let _ = fs::remove_file(&name);
+            self.link(&file, Some(&folder), &name)?;
+            fs::remove_file(&name)
+        })();
+        if let Err(e) = linked {
+            tracing::debug!(error = %e, "unnamed files cannot be linked here; using named temporary files");
+            self.unnamed.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Gives the complete file its final name, replacing a file already there (an item stored
@@ -286,6 +318,26 @@ mod tests {
             .unwrap();
         assert!(names(&tmp).is_empty());
         assert_eq!(fs::read(dir.path().join("z")).unwrap(), b"z");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_first_file_checks_that_linking_works_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let files = NewFiles::new(tmp.clone());
+        let (_file, pending) = files.create(dir.path()).unwrap();
+        assert!(matches!(pending, Pending::Unnamed(_)));
+        assert!(names(&tmp).is_empty(), "the probe's file is gone");
+
+        // Where the probe cannot link (here: its folder is missing), named files are used.
+        let files = NewFiles::new(dir.path().join("missing"));
+        assert!(
+            files.create(dir.path()).is_err(),
+            "the named fallback needs its folder"
+        );
+        assert!(!files.unnamed.load(Ordering::Relaxed));
     }
 
     #[cfg(target_os = "linux")]
