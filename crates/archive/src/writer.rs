@@ -433,19 +433,29 @@ impl Staged {
         })
     }
 
-    /// Adds one stored item: its record (the journal line's part after the header, with the
-    /// newline) and its manifest lines.
-    fn add(&mut self, record: &[u8], stored: &StoredItem) -> io::Result<()> {
+    /// Adds one stored item: its items.jsonl record (without the newline), and a manifest
+    /// line for its payload `path` with each digest `digest` gives by algorithm.
+    fn add<'a>(
+        &mut self,
+        record: &[u8],
+        path: &str,
+        size: u64,
+        digest: impl Fn(DigestAlgorithm) -> Option<&'a str>,
+    ) -> io::Result<()> {
         self.items.write_all(record)?;
-        let encoded = encode_manifest_path(&stored.path);
+        self.items.write_all(b"\n")?;
+        let encoded = encode_manifest_path(path);
         for (alg, w) in &mut self.manifests {
-            let digest = stored.digests.get(alg).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("no {alg} digest"))
+            let value = digest(*alg).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("no {alg} digest for {path}"),
+                )
             })?;
-            writeln!(w, "{digest}  {encoded}")?;
+            writeln!(w, "{value}  {encoded}")?;
         }
         self.files += 1;
-        self.bytes += stored.size;
+        self.bytes += size;
         Ok(())
     }
 
@@ -985,17 +995,19 @@ impl Shared {
 
     /// Appends a stored item's journal line (the item is in place: its bytes are written and,
     /// for a zip, its entry committed) and makes a checkpoint when one is due.
-    fn record_stored(&self, store: &mut Store, line: &[u8], stored: &StoredItem) -> Result<()> {
+    fn record_stored(
+        &self,
+        store: &mut Store,
+        entry: &JournalEntry,
+        stored: &StoredItem,
+    ) -> Result<()> {
         store
             .journal
-            .append_line(line)
+            .append_line(&entry.line)
             .map_err(io_err("writing the journal"))?;
         if let Some(staged) = &mut store.staged {
-            let record = line
-                .iter()
-                .position(|&b| b == b'\t')
-                .map_or(line, |tab| &line[tab + 1..]);
-            if let Err(e) = staged.add(record, stored) {
+            let digest = |alg| stored.digests.get(&alg).map(String::as_str);
+            if let Err(e) = staged.add(entry.record(), &stored.path, stored.size, digest) {
                 // The journal has it all; finish reads it instead.
                 tracing::debug!(error = %e, "staging the tag files failed; finish reads the journal");
                 store.staged = None;
@@ -1087,21 +1099,9 @@ impl Shared {
                             "journal line without a payload path",
                         ));
                     };
-                    staged.items.write_all(record.as_bytes())?;
-                    staged.items.write_all(b"\n")?;
-                    let encoded = encode_manifest_path(&path);
-                    for (alg, w) in &mut staged.manifests {
-                        let digest = lite.digests.get(alg.name()).ok_or_else(|| {
-                            io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("journal line without a {alg} digest"),
-                            )
-                        })?;
-                        writeln!(w, "{digest}  {encoded}")?;
-                    }
-                    staged.files += 1;
-                    staged.bytes += lite.size.unwrap_or(0);
-                    Ok(())
+                    let digest =
+                        |alg: DigestAlgorithm| lite.digests.get(alg.name()).map(String::as_str);
+                    staged.add(record.as_bytes(), &path, lite.size.unwrap_or(0), digest)
                 })
                 .and_then(|()| staged.flush())
                 .map_err(io_err("reading the journal"))?;
@@ -1669,9 +1669,22 @@ impl Sink for BagWriter {
     }
 }
 
-/// A stored item's journal line (see [`JournalLine`]), serialised with its newline from
-/// borrowed parts: before the archive's lock is taken, and without copying the item.
-fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
+/// A journal line as written (with its newline), and where its record starts.
+struct JournalEntry {
+    line: Vec<u8>,
+    record_at: usize,
+}
+
+impl JournalEntry {
+    /// The items.jsonl record, without the newline.
+    fn record(&self) -> &[u8] {
+        &self.line[self.record_at..self.line.len() - 1]
+    }
+}
+
+/// A stored item's journal line (see [`JournalLine`]), serialised from borrowed parts: before
+/// the archive's lock is taken, and without copying the item.
+fn journal_line(item: &Item, stored: &StoredItem) -> Result<JournalEntry> {
     /// A [`JournalHeader`] as it is written.
     #[derive(Serialize)]
     struct HeaderRef<'a> {
@@ -1707,9 +1720,10 @@ fn journal_line(item: &Item, stored: &StoredItem) -> Result<Vec<u8>> {
     )
     .map_err(internal)?;
     line.push(b'\t');
+    let record_at = line.len();
     serde_json::to_writer(&mut line, &ItemRecord::stored_ref(item, stored)).map_err(internal)?;
     line.push(b'\n');
-    Ok(line)
+    Ok(JournalEntry { line, record_at })
 }
 
 /// Zip entries gathered in memory up to this size are deflated on the async threads.
@@ -1774,7 +1788,8 @@ impl<W: Send + 'static> Offloaded<W> {
     }
 }
 
-/// One item being written into a folder bag: a temporary file renamed into place on commit.
+/// One item being written into a folder bag: a new file (see [`NewFiles`]) given its name on
+/// commit.
 struct FolderItem {
     shared: Arc<Shared>,
     /// How the file gets its name; `None` once it has (or has been discarded).
@@ -2002,7 +2017,7 @@ mod tests {
     #[test]
     fn journal_lines_of_this_and_earlier_versions_read_the_same() {
         let (item, stored) = stored_item();
-        let new = String::from_utf8(journal_line(&item, &stored).unwrap()).unwrap();
+        let new = String::from_utf8(journal_line(&item, &stored).unwrap().line).unwrap();
         assert_eq!(
             new.matches('\t').count(),
             1,
