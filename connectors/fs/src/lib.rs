@@ -41,6 +41,8 @@ pub struct FsOptions {
 /// Reads a local folder.
 pub struct FsConnector {
     root: PathBuf,
+    /// `root` as text, as items record it.
+    root_text: String,
     root_name: String,
     host: Option<String>,
     options: FsOptions,
@@ -83,6 +85,7 @@ impl FsConnector {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".to_string());
         FsConnector {
+            root_text: absolute.to_string_lossy().into_owned(),
             root: absolute,
             root_name,
             host: hostname(),
@@ -92,29 +95,35 @@ impl FsConnector {
     }
 
     fn item_for(&self, rel: &[OsString], meta: &Metadata, kind: ItemKind) -> Item {
+        // Called once per entry of the tree: built with as few allocations as it takes.
         let mut components = Vec::with_capacity(rel.len() + 1);
         components.push(self.root_name.clone());
         let mut utf8 = true;
-        for c in rel {
+        let mut rel_path: Vec<u8> =
+            Vec::with_capacity(rel.iter().map(|c| c.len() + 1).sum::<usize>());
+        for (i, c) in rel.iter().enumerate() {
             let (s, ok) = lossy(c);
             utf8 &= ok;
             components.push(s);
+            if i > 0 {
+                rel_path.push(b'/');
+            }
+            rel_path.extend_from_slice(c.as_bytes());
         }
-        let rel_path: Vec<u8> = rel
-            .iter()
-            .map(|c| c.as_bytes())
-            .collect::<Vec<_>>()
-            .join(&b'/');
-        let rel_string = String::from_utf8_lossy(&rel_path).into_owned();
-        let original_name = rel
-            .last()
-            .map(|n| lossy(n).0)
-            .or_else(|| Some(self.root_name.clone()));
+        // A name that is not UTF-8 keeps its exact bytes (in hex) so nothing is lost.
+        let (rel_string, bytes_hex) = if utf8 {
+            let text = String::from_utf8(rel_path).expect("UTF-8 checked per component");
+            (text, None)
+        } else {
+            let text = String::from_utf8_lossy(&rel_path).into_owned();
+            (text, Some(hex::encode(&rel_path)))
+        };
+        let original_name = components.last().cloned();
         let mut item = Item::file(
             SourceRef {
                 system: "fs".into(),
                 account: self.host.clone(),
-                container: Some(self.root.to_string_lossy().into_owned()),
+                container: Some(self.root_text.clone()),
                 id: rel_string.clone(),
                 version: None,
                 original_name,
@@ -122,6 +131,7 @@ impl FsConnector {
             },
             components,
         );
+        item.extra = serde_json::Map::with_capacity(7);
         item.kind = kind;
         item.modified = to_time(meta.modified());
         item.created = to_time(meta.created());
@@ -141,12 +151,8 @@ impl FsConnector {
                 .unwrap_or_default();
             extra.insert("ctime".into(), text.into());
         }
-        if !utf8 {
-            // The name is not UTF-8: keep its exact bytes so nothing is lost.
-            extra.insert(
-                "original_path_bytes_hex".into(),
-                hex::encode(&rel_path).into(),
-            );
+        if let Some(hex) = bytes_hex {
+            extra.insert("original_path_bytes_hex".into(), hex.into());
         }
         item
     }
@@ -451,6 +457,7 @@ impl Connector for FsConnector {
         let (tx, rx) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
         let walker = FsConnector {
             root: self.root.clone(),
+            root_text: self.root_text.clone(),
             root_name: self.root_name.clone(),
             host: self.host.clone(),
             options: self.options.clone(),

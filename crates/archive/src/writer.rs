@@ -400,15 +400,27 @@ struct Store {
 
 /// What finish would otherwise make from the journal, written as items are stored: their
 /// items.jsonl records and payload manifest lines, in journal order (both are written under
-/// the archive lock). Finishing a bag runs alone after every transfer, on one core; with this
-/// it copies two files instead of reading the whole journal again. Only for exports that did
-/// not resume (a resumed export's earlier lines come first, from the journal); never needed
-/// for a resume, so never flushed to disk before finish.
+/// the archive lock), hashed as they are written. Finishing a bag runs alone after every
+/// transfer, on one core; with this a folder bag's finish moves two files into place instead
+/// of reading the whole journal again and copying and hashing what it made. Only for exports
+/// that did not resume (a resumed export's earlier lines come first, from the journal); never
+/// needed for a resume, so never flushed to disk before finish.
 struct Staged {
-    items: BufWriter<File>,
-    manifests: Vec<(DigestAlgorithm, BufWriter<File>)>,
+    items: StagedWriter,
+    manifests: Vec<(DigestAlgorithm, StagedWriter)>,
     files: u64,
     bytes: u64,
+}
+
+/// A staged tag file: buffered, and hashed with the bag's algorithms as the buffer is written
+/// out (in large pieces, which hash faster than a line at a time).
+type StagedWriter = BufWriter<HashingWriter<File>>;
+
+/// A staged tag file, complete: where it is, the open file, and its digests.
+struct StagedFile {
+    path: PathBuf,
+    file: File,
+    digests: Digests,
 }
 
 impl Staged {
@@ -421,7 +433,17 @@ impl Staged {
     }
 
     fn create(work: &Path, algs: &[DigestAlgorithm]) -> io::Result<Self> {
-        let open = |p: PathBuf| File::create(p).map(|f| BufWriter::with_capacity(256 << 10, f));
+        let open = |p: PathBuf| {
+            File::create(p).map(|inner| {
+                BufWriter::with_capacity(
+                    256 << 10,
+                    HashingWriter {
+                        inner,
+                        hasher: MultiHasher::new(algs.iter().copied()),
+                    },
+                )
+            })
+        };
         Ok(Staged {
             items: open(Self::items_path(work))?,
             manifests: algs
@@ -459,12 +481,26 @@ impl Staged {
         Ok(())
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.items.flush()?;
-        for (_, w) in &mut self.manifests {
-            w.flush()?;
-        }
-        Ok(())
+    /// The staged items.jsonl and payload manifests, complete (in `work`), with their digests.
+    fn into_files(
+        self,
+        work: &Path,
+    ) -> io::Result<(StagedFile, Vec<(DigestAlgorithm, StagedFile)>)> {
+        let done = |w: StagedWriter, path: PathBuf| -> io::Result<StagedFile> {
+            let HashingWriter { inner, hasher } = w.into_inner().map_err(|e| e.into_error())?;
+            Ok(StagedFile {
+                path,
+                file: inner,
+                digests: hasher.finish(),
+            })
+        };
+        let items = done(self.items, Self::items_path(work))?;
+        let manifests = self
+            .manifests
+            .into_iter()
+            .map(|(alg, w)| Ok((alg, done(w, Self::manifest_path(work, alg))?)))
+            .collect::<io::Result<_>>()?;
+        Ok((items, manifests))
     }
 }
 
@@ -1055,10 +1091,7 @@ impl Shared {
         let store = &mut *store;
         // What was staged while the items were stored, when it covers every line.
         let staged = match store.staged.take() {
-            Some(mut s) if superseded.is_empty() && s.files == store.journal.lines => {
-                s.flush().map_err(io_err("staging the tag files"))?;
-                Some(s)
-            }
+            Some(s) if superseded.is_empty() && s.files == store.journal.lines => Some(s),
             _ => None,
         };
         let mut tags: Box<dyn TagTarget + '_> = match (&self.target, store.zip.as_mut()) {
@@ -1103,35 +1136,34 @@ impl Shared {
                         |alg: DigestAlgorithm| lite.digests.get(alg.name()).map(String::as_str);
                     staged.add(record.as_bytes(), &path, lite.size.unwrap_or(0), digest)
                 })
-                .and_then(|()| staged.flush())
                 .map_err(io_err("reading the journal"))?;
                 staged
             }
         };
         let (payload_files, payload_bytes) = (staged.files, staged.bytes);
-        drop(std::mem::take(&mut staged.manifests));
         // items.jsonl: the stored items' records, then the recorded-only ones.
         let skipped_path = self.work.join("skipped.jsonl");
         let mut skipped_items = 0u64;
-        let items_path = Staged::items_path(&self.work);
-        let items_digests = tags.write(ITEMS_JSONL, &mut |out| {
-            io::copy(&mut File::open(&items_path)?, out)?;
-            for line in BufReader::new(File::open(&skipped_path)?).lines() {
-                let line = line?;
-                skipped_items += 1;
-                out.write_all(line.as_bytes())?;
-                out.write_all(b"\n")?;
-            }
-            Ok(())
-        })?;
-        drop(staged);
+        for line in
+            BufReader::new(File::open(&skipped_path).map_err(io_err("reading the work area"))?)
+                .lines()
+        {
+            let line = line.map_err(io_err("reading the work area"))?;
+            skipped_items += 1;
+            staged
+                .items
+                .write_all(line.as_bytes())
+                .and_then(|()| staged.items.write_all(b"\n"))
+                .map_err(io_err("staging the tag files"))?;
+        }
+        let (items, manifests) = staged
+            .into_files(&self.work)
+            .map_err(io_err("staging the tag files"))?;
+        let items_digests = tags.adopt(ITEMS_JSONL, items)?;
         let mut tag_digests: Vec<(String, Digests)> = vec![(ITEMS_JSONL.into(), items_digests)];
-        for alg in &algs {
+        for (alg, file) in manifests {
             let name = format!("manifest-{}.txt", alg.name());
-            let from = Staged::manifest_path(&self.work, *alg);
-            let d = tags.write(&name, &mut |out| {
-                io::copy(&mut File::open(&from)?, out).map(|_| ())
-            })?;
+            let d = tags.adopt(&name, file)?;
             tag_digests.push((name, d));
         }
         let mut failed_items = 0u64;
@@ -1297,6 +1329,15 @@ trait TagTarget {
         name: &str,
         fill: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> Result<Digests>;
+    /// Takes a tag file staged in the work area, whose digests are known; by default it is
+    /// copied through [`TagTarget::write`].
+    fn adopt(&mut self, name: &str, staged: StagedFile) -> Result<Digests> {
+        let StagedFile { path, file, .. } = staged;
+        drop(file);
+        self.write(name, &mut |out| {
+            io::copy(&mut File::open(&path)?, out).map(|_| ())
+        })
+    }
     /// Makes all written tag files visible, manifests last.
     fn commit(&mut self) -> Result<()>;
 }
@@ -1346,6 +1387,17 @@ impl TagTarget for FolderTags {
             .map_err(io_err(format!("writing {name}")))?;
         self.written.push((staged, self.bag.join(name)));
         Ok(w.hasher.finish())
+    }
+
+    /// A staged file is in the work area, inside the bag: it is moved into place at commit
+    /// like the tag files written here, not copied.
+    fn adopt(&mut self, name: &str, staged: StagedFile) -> Result<Digests> {
+        staged
+            .file
+            .sync_data()
+            .map_err(io_err(format!("writing {name}")))?;
+        self.written.push((staged.path, self.bag.join(name)));
+        Ok(staged.digests)
     }
 
     fn commit(&mut self) -> Result<()> {
@@ -1611,7 +1663,7 @@ impl Sink for BagWriter {
                 let (file, pending) = shared
                     .new_files
                     .create(dir)
-                    .map_err(io_err(format!("creating {}", final_path.display())))?;
+                    .map_err(|e| io_err(format!("creating {}", final_path.display()))(e))?;
                 Ok(Box::new(FolderItem {
                     shared: self.shared.clone(),
                     pending: Some(pending),
@@ -1809,24 +1861,27 @@ impl ItemWriter for FolderItem {
         let file = self.file.as_mut().expect("open file");
         self.written += chunk.len() as u64;
         let write = |f: &mut BufWriter<File>, data: &[u8]| f.write_all(data);
+        // `what` is called only on an error: this runs for every chunk.
+        let failed = |e: io::Error| io_err(what())(e);
         if self.offload {
-            file.write(chunk, write).await.map_err(io_err(what()))
+            file.write(chunk, write).await.map_err(failed)
         } else {
-            write(file.settle().await.map_err(io_err(what()))?, &chunk).map_err(io_err(what()))
+            write(file.settle().await.map_err(failed)?, &chunk).map_err(failed)
         }
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
         let file = self.file.take().expect("open file");
         let pending = self.pending.take().expect("pending file");
-        let final_path = self.final_path.clone();
-        let what = final_path.display().to_string();
+        let final_path = std::mem::take(&mut self.final_path);
+        // Error texts are made only when needed: this runs once per item.
+        let writing = |e: io::Error| io_err(format!("writing {}", final_path.display()))(e);
         let file = file
             .into_inner()
             .await
-            .map_err(io_err(format!("writing {what}")))?
+            .map_err(writing)?
             .into_inner()
-            .map_err(|e| io_err(format!("writing {what}"))(e.into_error()))?;
+            .map_err(|e| writing(e.into_error()))?;
         if let Some(modified) = item.modified {
             // Keep the source's modification time: restores and plain `ls -l` then tell the truth.
             let _ = file.set_modified(modified.into());
@@ -1840,7 +1895,10 @@ impl ItemWriter for FolderItem {
             if let Pending::Named(tmp) = pending {
                 let _ = fs::remove_file(tmp);
             }
-            return Err(io_err(format!("moving {what} into place"))(e));
+            return Err(io_err(format!(
+                "moving {} into place",
+                final_path.display()
+            ))(e));
         }
         {
             let mut places = self.shared.places.lock().expect("places lock");
