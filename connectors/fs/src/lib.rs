@@ -9,7 +9,7 @@
 //!   and, if it keeps changing, reported as failed.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -94,14 +94,22 @@ impl FsConnector {
         }
     }
 
-    fn item_for(&self, rel: &[OsString], meta: &Metadata, kind: ItemKind) -> Item {
+    /// The item for the entry `name` in the folder `parent` (both relative to the root; no
+    /// name for the root itself).
+    fn item_for(
+        &self,
+        parent: &[OsString],
+        name: Option<&OsStr>,
+        meta: &Metadata,
+        kind: ItemKind,
+    ) -> Item {
         // Called once per entry of the tree: built with as few allocations as it takes.
-        let mut components = Vec::with_capacity(rel.len() + 1);
+        let rel = || parent.iter().map(OsString::as_os_str).chain(name);
+        let mut components = Vec::with_capacity(parent.len() + 2);
         components.push(self.root_name.clone());
         let mut utf8 = true;
-        let mut rel_path: Vec<u8> =
-            Vec::with_capacity(rel.iter().map(|c| c.len() + 1).sum::<usize>());
-        for (i, c) in rel.iter().enumerate() {
+        let mut rel_path: Vec<u8> = Vec::with_capacity(rel().map(|c| c.len() + 1).sum::<usize>());
+        for (i, c) in rel().enumerate() {
             let (s, ok) = lossy(c);
             utf8 &= ok;
             components.push(s);
@@ -174,9 +182,11 @@ impl FsConnector {
         }
     }
 
-    fn failure(&self, rel: &[OsString], error: &std::io::Error) -> Failure {
-        let shown: Vec<String> = rel
+    fn failure(&self, parent: &[OsString], name: &OsStr, error: &std::io::Error) -> Failure {
+        let shown: Vec<String> = parent
             .iter()
+            .map(OsString::as_os_str)
+            .chain([name])
             .map(|c| c.to_string_lossy().into_owned())
             .collect();
         let name = format!("fs:{}", self.root.join(shown.join("/")).display());
@@ -213,13 +223,20 @@ impl FsConnector {
         };
         if !root_meta.is_dir() {
             let kind = kind_of(&root_meta, &self.root);
-            let _ = tx.send(Ok(Listing::Item(self.item_for(&[], &root_meta, kind))));
+            let _ = tx.send(Ok(Listing::Item(self.item_for(
+                &[],
+                None,
+                &root_meta,
+                kind,
+            ))));
             return;
         }
         // Depth-first, names sorted, with the chain of (device, inode) of open folders so that
         // followed links cannot loop.
         struct Frame {
+            /// The folder, relative to the root, and its full path.
             rel: Vec<OsString>,
+            dir: PathBuf,
             entries: VecDeque<OsString>,
             id: (u64, u64),
         }
@@ -239,6 +256,7 @@ impl FsConnector {
         };
         let mut stack = vec![Frame {
             rel: Vec::new(),
+            dir: self.root.clone(),
             entries,
             id: (root_meta.dev(), root_meta.ino()),
         }];
@@ -247,16 +265,14 @@ impl FsConnector {
                 stack.pop();
                 continue;
             };
-            let mut rel = frame.rel.clone();
-            rel.push(name);
-            let path = self.root.join(rel.iter().collect::<PathBuf>());
+            let frame = &*frame;
+            // A file's entry borrows its folder's path; only a folder gets a path of its own.
+            let path = frame.dir.join(&name);
             let meta = match std::fs::symlink_metadata(&path) {
                 Ok(m) => m,
                 Err(e) => {
-                    if tx
-                        .send(Ok(Listing::Failed(self.failure(&rel, &e))))
-                        .is_err()
-                    {
+                    let failed = self.failure(&frame.rel, &name, &e);
+                    if tx.send(Ok(Listing::Failed(failed))).is_err() {
                         return;
                     }
                     continue;
@@ -271,46 +287,55 @@ impl FsConnector {
             } else {
                 meta
             };
-            if meta.is_dir() {
-                let id = (meta.dev(), meta.ino());
-                if stack.iter().any(|f| f.id == id) {
-                    let item = self.item_for(
-                        &rel,
-                        &meta,
-                        ItemKind::Other {
-                            what: "link to a folder it is inside of (loop)".into(),
-                        },
-                    );
-                    if tx.send(Ok(Listing::Item(item))).is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                match read_sorted(&path) {
-                    Ok(entries) if entries.is_empty() => {
-                        let item = self.item_for(&rel, &meta, ItemKind::EmptyDirectory);
-                        if tx.send(Ok(Listing::Item(item))).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(entries) => stack.push(Frame { rel, entries, id }),
-                    Err(e) => {
-                        if tx
-                            .send(Ok(Listing::Failed(self.failure(&rel, &e))))
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
+            if !meta.is_dir() {
+                let kind = kind_of(&meta, &path);
+                let item = self.item_for(&frame.rel, Some(&name), &meta, kind);
+                if tx.send(Ok(Listing::Item(item))).is_err() {
+                    return;
                 }
                 continue;
             }
-            let kind = kind_of(&meta, &path);
-            if tx
-                .send(Ok(Listing::Item(self.item_for(&rel, &meta, kind))))
-                .is_err()
-            {
-                return;
+            let id = (meta.dev(), meta.ino());
+            if stack.iter().any(|f| f.id == id) {
+                let frame = stack.last().expect("the folder being listed");
+                let item = self.item_for(
+                    &frame.rel,
+                    Some(&name),
+                    &meta,
+                    ItemKind::Other {
+                        what: "link to a folder it is inside of (loop)".into(),
+                    },
+                );
+                if tx.send(Ok(Listing::Item(item))).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let frame = stack.last().expect("the folder being listed");
+            match read_sorted(&path) {
+                Ok(entries) if entries.is_empty() => {
+                    let item =
+                        self.item_for(&frame.rel, Some(&name), &meta, ItemKind::EmptyDirectory);
+                    if tx.send(Ok(Listing::Item(item))).is_err() {
+                        return;
+                    }
+                }
+                Ok(entries) => {
+                    let mut rel = frame.rel.clone();
+                    rel.push(name);
+                    stack.push(Frame {
+                        rel,
+                        dir: path,
+                        entries,
+                        id,
+                    });
+                }
+                Err(e) => {
+                    let failed = self.failure(&frame.rel, &name, &e);
+                    if tx.send(Ok(Listing::Failed(failed))).is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

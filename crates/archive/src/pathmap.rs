@@ -222,15 +222,21 @@ impl PathMapper {
 
     /// Maps the path of a file: every component but the last is a folder. Returns the safe
     /// path joined with `/`.
-    pub fn map_file(&mut self, components: &[String]) -> Result<String, MapError> {
+    pub fn map_file<S: AsRef<str>>(&mut self, components: &[S]) -> Result<String, MapError> {
         let (file, dirs) = components.split_last().ok_or(MapError::Empty)?;
         let mut parent = ROOT;
-        let mut out = String::new();
+        // Safe names are mostly the names themselves: sized for that, `out` seldom grows.
+        let mut out = String::with_capacity(
+            components
+                .iter()
+                .map(|c| c.as_ref().len() + 1)
+                .sum::<usize>(),
+        );
         for (depth, dir) in dirs.iter().enumerate() {
-            parent = self.dir(parent, dir, &components[..=depth], &mut out);
+            parent = self.dir(parent, dir.as_ref(), &components[..=depth], &mut out);
             out.push('/');
         }
-        let name = self.claim(parent, file, components);
+        let name = self.claim(parent, file.as_ref(), components);
         out.push_str(&name);
         Ok(out)
     }
@@ -264,7 +270,13 @@ impl PathMapper {
 
     /// The folder `original` in `parent` (mapped now if it is new); appends its safe name to
     /// `out`.
-    fn dir(&mut self, parent: DirId, original: &str, full: &[String], out: &mut String) -> DirId {
+    fn dir<S: AsRef<str>>(
+        &mut self,
+        parent: DirId,
+        original: &str,
+        full: &[S],
+        out: &mut String,
+    ) -> DirId {
         if let Some((id, name)) = self.dirs.get(&parent).and_then(|m| m.get(original)) {
             out.push_str(name);
             return *id;
@@ -281,12 +293,12 @@ impl PathMapper {
     }
 
     /// Picks a free safe name for `original` in folder `parent` and marks it used.
-    fn claim(&mut self, parent: DirId, original: &str, full: &[String]) -> String {
+    fn claim<S: AsRef<str>>(&mut self, parent: DirId, original: &str, full: &[S]) -> String {
         let safe = safe_component(original).name;
         if self.taken.insert((parent, fold_key(&safe))) {
             return safe;
         }
-        let full_bytes: Vec<&[u8]> = full.iter().map(|c| c.as_bytes()).collect();
+        let full_bytes: Vec<&[u8]> = full.iter().map(|c| c.as_ref().as_bytes()).collect();
         for attempt in 0u32.. {
             let n = attempt.to_le_bytes();
             let mut parts = full_bytes.clone();

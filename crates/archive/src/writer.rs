@@ -1643,9 +1643,9 @@ impl Sink for BagWriter {
             places.replacing.insert(path.clone(), line);
             return Ok(Placement::New(path));
         }
-        let mut logical = Vec::with_capacity(item.path.len() + 1);
-        logical.push(item.source.system.clone());
-        logical.extend(item.path.iter().cloned());
+        let mut logical: Vec<&str> = Vec::with_capacity(item.path.len() + 1);
+        logical.push(&item.source.system);
+        logical.extend(item.path.iter().map(String::as_str));
         let mapped = places
             .mapper
             .map_file(&logical)
