@@ -130,11 +130,11 @@ pub struct StoredRecord<'a> {
     media_type: Option<&'a str>,
     source: &'a SourceRef,
     source_checksums: &'a [ChecksumCheck],
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(serialize_with = "rfc3339_option::serialize")]
     created: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(serialize_with = "rfc3339_option::serialize")]
     modified: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(serialize_with = "rfc3339_option::serialize")]
     retrieved_at: Option<OffsetDateTime>,
     conversion: Option<&'a serde_json::Value>,
     extra: &'a serde_json::Map<String, serde_json::Value>,
@@ -147,17 +147,53 @@ pub(crate) struct DigestsByName<'a>(pub(crate) &'a Digests);
 impl Serialize for DigestsByName<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut entries: Vec<(&str, &str)> = self
+        let entries = self
             .0
             .iter()
-            .map(|(alg, value)| (alg.name(), value.as_str()))
-            .collect();
-        entries.sort_unstable_by_key(|(name, _)| *name);
-        let mut map = serializer.serialize_map(Some(entries.len()))?;
-        for (name, value) in entries {
-            map.serialize_entry(name, value)?;
+            .map(|(alg, value)| (alg.name(), value.as_str()));
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        // Algorithms in their own order are mostly in name order too (md5, sha1, sha256,
+        // sha512); this runs twice per item, so the sorted copy is made only when they are not.
+        if entries.clone().is_sorted_by_key(|(name, _)| name) {
+            for (name, value) in entries {
+                map.serialize_entry(name, value)?;
+            }
+        } else {
+            let mut sorted: Vec<(&str, &str)> = entries.collect();
+            sorted.sort_unstable_by_key(|(name, _)| *name);
+            for (name, value) in sorted {
+                map.serialize_entry(name, value)?;
+            }
         }
         map.end()
+    }
+}
+
+/// `time::serde::rfc3339::option`, formatted on the stack instead of into a new `String`: a
+/// stored item's record has three times, and is serialised once per item.
+mod rfc3339_option {
+    use serde::ser::Error as _;
+    use time::format_description::well_known::Rfc3339;
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Option<OffsetDateTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let Some(t) = value else {
+            return serializer.serialize_none();
+        };
+        // The longest RFC 3339 time `time` writes ("-9999-12-31T23:59:59.999999999+23:59") is
+        // 36 bytes.
+        let mut buf = [0u8; 64];
+        let mut out = &mut buf[..];
+        t.format_into(&mut out, &Rfc3339)
+            .map_err(S::Error::custom)?;
+        // What was written is what the writer moved past: the count `format_into` returns
+        // leaves out the "Z" after a fraction of a second (time 0.3).
+        let written = 64 - out.len();
+        let text = std::str::from_utf8(&buf[..written]).map_err(S::Error::custom)?;
+        serializer.serialize_some(&text)
     }
 }
 
@@ -319,5 +355,19 @@ pub(crate) mod tests {
         let owned = serde_json::to_string(&ItemRecord::stored(&bare, &stored)).unwrap();
         let borrowed = serde_json::to_string(&ItemRecord::stored_ref(&bare, &stored)).unwrap();
         assert_eq!(borrowed, owned);
+        // Times with an offset and with every digit of a nanosecond, far from now.
+        let mut far = item.clone();
+        let offset = time::UtcOffset::from_hms(-9, -30, 0).unwrap();
+        far.created = Some(
+            OffsetDateTime::from_unix_timestamp_nanos(-2_000_000_000_123_456_789)
+                .unwrap()
+                .to_offset(offset),
+        );
+        far.modified =
+            Some(OffsetDateTime::from_unix_timestamp_nanos(253_402_300_799_999_999_999).unwrap());
+        let owned = serde_json::to_string(&ItemRecord::stored(&far, &stored)).unwrap();
+        let borrowed = serde_json::to_string(&ItemRecord::stored_ref(&far, &stored)).unwrap();
+        assert_eq!(borrowed, owned);
+        assert!(borrowed.contains("-09:30"), "{borrowed}");
     }
 }

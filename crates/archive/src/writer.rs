@@ -1615,8 +1615,8 @@ impl ItemWriter for StoreItem {
 
 #[async_trait]
 impl Sink for BagWriter {
-    fn digest_algorithms(&self) -> Vec<DigestAlgorithm> {
-        self.shared.options.digests.clone()
+    fn digest_algorithms(&self) -> &[DigestAlgorithm] {
+        &self.shared.options.digests
     }
 
     fn large_items_at_once(&self) -> Option<usize> {

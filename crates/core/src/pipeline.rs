@@ -710,8 +710,8 @@ mod tests {
 
     #[async_trait]
     impl Sink for SinkHandle {
-        fn digest_algorithms(&self) -> Vec<crate::DigestAlgorithm> {
-            vec![crate::DigestAlgorithm::Sha256]
+        fn digest_algorithms(&self) -> &[crate::DigestAlgorithm] {
+            &[crate::DigestAlgorithm::Sha256]
         }
         fn place(&self, item: &Item) -> Result<Placement> {
             Ok(Placement::New(item.source.id.clone()))

@@ -37,7 +37,7 @@ pub struct StoredItem {
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Digests the sink records for each item; the pipeline computes them while streaming.
-    fn digest_algorithms(&self) -> Vec<DigestAlgorithm>;
+    fn digest_algorithms(&self) -> &[DigestAlgorithm];
 
     /// Decides where an item goes. Called once per item, in listing order, one at a time, so
     /// that name mapping (and twin disambiguation) is deterministic.

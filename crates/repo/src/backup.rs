@@ -686,8 +686,8 @@ pub struct BackupSink(pub Arc<Backup>);
 
 #[async_trait]
 impl Sink for BackupSink {
-    fn digest_algorithms(&self) -> Vec<DigestAlgorithm> {
-        vec![DigestAlgorithm::Sha256]
+    fn digest_algorithms(&self) -> &[DigestAlgorithm] {
+        &[DigestAlgorithm::Sha256]
     }
 
     fn place(&self, item: &Item) -> Result<Placement> {
