@@ -15,6 +15,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,6 +25,9 @@ use ferry_core::{
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
+
+mod folders;
+use folders::OpenFolders;
 
 /// Bytes read from a file at a time.
 const CHUNK: usize = 256 << 10;
@@ -48,6 +52,8 @@ pub struct FsConnector {
     options: FsOptions,
     /// Buffers of whole chunks already hashed and written, for the next reads.
     spare: BufferPool,
+    /// Folders whose files are being read, kept open.
+    folders: Arc<OpenFolders>,
 }
 
 /// How many spare chunk buffers are kept (4 MiB).
@@ -91,6 +97,7 @@ impl FsConnector {
             host: hostname(),
             options,
             spare: BufferPool::new(SPARE_CHUNKS),
+            folders: Arc::new(OpenFolders::new()),
         }
     }
 
@@ -487,6 +494,7 @@ impl Connector for FsConnector {
             host: self.host.clone(),
             options: self.options.clone(),
             spare: self.spare.clone(),
+            folders: self.folders.clone(),
         };
         tokio::task::spawn_blocking(move || {
             let mut batches = Batches {
@@ -509,6 +517,7 @@ impl Connector for FsConnector {
             offset,
             done: false,
             spare: self.spare.clone(),
+            folders: self.folders.clone(),
         };
         if item.size.is_some_and(|s| s <= INLINE_READ_MAX) {
             // A small file is read right here: from the page cache that takes a few
@@ -553,13 +562,16 @@ struct FileReader {
     offset: u64,
     done: bool,
     spare: BufferPool,
+    folders: Arc<OpenFolders>,
 }
 
 impl FileReader {
     fn open(&mut self) -> Result<()> {
         let path = &self.path;
-        let mut file =
-            File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut file = self
+            .folders
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         // No check of the size here: the check after the last read catches any change since
         // the listing as well, for one system call less per file.
         if self.offset > 0 {
@@ -610,6 +622,10 @@ impl FileReader {
                 .metadata()
                 .map_err(|e| Error::io(format!("checking {}", self.path.display()), e))?;
             if let Some(what) = self.listed.changed(&meta) {
+                // If its folder was replaced since it was opened, the retry goes by the path.
+                if let Some(dir) = self.path.parent() {
+                    self.folders.forget(dir);
+                }
                 return Err(Error::transient(format!(
                     "{} changed while it was read: {what}",
                     self.path.display()
