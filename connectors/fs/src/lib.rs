@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +27,9 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 
 mod folders;
+mod meta;
 use folders::OpenFolders;
+use meta::{EntryMeta, EntryType};
 
 /// Bytes read from a file at a time.
 const CHUNK: usize = 256 << 10;
@@ -107,7 +109,7 @@ impl FsConnector {
         &self,
         parent: &[OsString],
         name: Option<&OsStr>,
-        meta: &Metadata,
+        meta: &EntryMeta,
         kind: ItemKind,
     ) -> Item {
         // Called once per entry of the tree: built with as few allocations as it takes.
@@ -148,19 +150,18 @@ impl FsConnector {
         );
         item.extra = serde_json::Map::with_capacity(7);
         item.kind = kind;
-        item.modified = to_time(meta.modified());
-        item.created = to_time(meta.created());
+        item.modified = meta.modified;
+        item.created = meta.created;
         if matches!(item.kind, ItemKind::File) {
-            item.size = Some(meta.len());
+            item.size = Some(meta.len);
         }
         let extra = &mut item.extra;
-        extra.insert("mode".into(), format!("{:o}", meta.mode() & 0o7777).into());
-        extra.insert("uid".into(), meta.uid().into());
-        extra.insert("gid".into(), meta.gid().into());
-        extra.insert("inode".into(), meta.ino().into());
-        extra.insert("nlink".into(), meta.nlink().into());
-        let ctime_nanos = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
-        if let Ok(changed) = OffsetDateTime::from_unix_timestamp_nanos(ctime_nanos) {
+        extra.insert("mode".into(), format!("{:o}", meta.mode & 0o7777).into());
+        extra.insert("uid".into(), meta.uid.into());
+        extra.insert("gid".into(), meta.gid.into());
+        extra.insert("inode".into(), meta.ino.into());
+        extra.insert("nlink".into(), meta.nlink.into());
+        if let Ok(changed) = OffsetDateTime::from_unix_timestamp_nanos(meta.ctime_nanos) {
             let text = changed
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
@@ -228,6 +229,7 @@ impl FsConnector {
         } else {
             root_meta
         };
+        let root_meta = EntryMeta::from(&root_meta);
         if !root_meta.is_dir() {
             let kind = kind_of(&root_meta, &self.root);
             let _ = tx.send(Ok(Listing::Item(self.item_for(
@@ -244,6 +246,9 @@ impl FsConnector {
             /// The folder, relative to the root, and its full path.
             rel: Vec<OsString>,
             dir: PathBuf,
+            /// The folder opened `O_PATH`, to look its entries up by name (see `meta`); none
+            /// deeper than [`OPEN_LEVELS`], so a deep tree does not use up descriptors.
+            fd: Option<OwnedFd>,
             entries: VecDeque<OsString>,
             id: (u64, u64),
         }
@@ -265,7 +270,8 @@ impl FsConnector {
             rel: Vec::new(),
             dir: self.root.clone(),
             entries,
-            id: (root_meta.dev(), root_meta.ino()),
+            fd: open_folder(&self.root, 0),
+            id: (root_meta.dev, root_meta.ino),
         }];
         while let Some(frame) = stack.last_mut() {
             let Some(name) = frame.entries.pop_front() else {
@@ -274,20 +280,27 @@ impl FsConnector {
             };
             let frame = &*frame;
             // A file's entry borrows its folder's path; only a folder gets a path of its own.
-            let path = frame.dir.join(&name);
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    let failed = self.failure(&frame.rel, &name, &e);
-                    if tx.send(Ok(Listing::Failed(failed))).is_err() {
-                        return;
-                    }
-                    continue;
-                }
+            let path = || frame.dir.join(&name);
+            let looked_up = match &frame.fd {
+                Some(fd) => lookup_at(fd, &name),
+                None => None,
             };
-            let meta = if meta.file_type().is_symlink() && self.options.follow_symlinks {
-                match std::fs::metadata(&path) {
-                    Ok(target) => target,
+            let meta = match looked_up {
+                Some(meta) => meta,
+                None => match std::fs::symlink_metadata(path()) {
+                    Ok(m) => EntryMeta::from(&m),
+                    Err(e) => {
+                        let failed = self.failure(&frame.rel, &name, &e);
+                        if tx.send(Ok(Listing::Failed(failed))).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let meta = if meta.kind == EntryType::Symlink && self.options.follow_symlinks {
+                match std::fs::metadata(path()) {
+                    Ok(target) => EntryMeta::from(&target),
                     // A dangling link is recorded as a link.
                     Err(_) => meta,
                 }
@@ -295,14 +308,19 @@ impl FsConnector {
                 meta
             };
             if !meta.is_dir() {
-                let kind = kind_of(&meta, &path);
+                let kind = if meta.kind == EntryType::File {
+                    ItemKind::File
+                } else {
+                    kind_of(&meta, &path())
+                };
                 let item = self.item_for(&frame.rel, Some(&name), &meta, kind);
                 if tx.send(Ok(Listing::Item(item))).is_err() {
                     return;
                 }
                 continue;
             }
-            let id = (meta.dev(), meta.ino());
+            let path = path();
+            let id = (meta.dev, meta.ino);
             if stack.iter().any(|f| f.id == id) {
                 let frame = stack.last().expect("the folder being listed");
                 let item = self.item_for(
@@ -330,9 +348,11 @@ impl FsConnector {
                 Ok(entries) => {
                     let mut rel = frame.rel.clone();
                     rel.push(name);
+                    let fd = open_folder(&path, stack.len());
                     stack.push(Frame {
                         rel,
                         dir: path,
+                        fd,
                         entries,
                         id,
                     });
@@ -398,35 +418,55 @@ fn root_error(root: &Path, e: &std::io::Error) -> Error {
     Error::fatal(format!("fs:{}: {hint} ({e})", root.display()))
 }
 
-fn kind_of(meta: &Metadata, path: &Path) -> ItemKind {
-    let t = meta.file_type();
-    if t.is_file() {
-        ItemKind::File
-    } else if t.is_symlink() {
-        let target = std::fs::read_link(path)
-            .map(|t| t.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        ItemKind::Symlink { target }
-    } else if t.is_fifo() {
-        ItemKind::Other {
-            what: "named pipe (FIFO)".into(),
+fn kind_of(meta: &EntryMeta, path: &Path) -> ItemKind {
+    let what = match meta.kind {
+        EntryType::File => return ItemKind::File,
+        EntryType::Symlink => {
+            let target = std::fs::read_link(path)
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return ItemKind::Symlink { target };
         }
-    } else if t.is_socket() {
-        ItemKind::Other {
-            what: "socket".into(),
-        }
-    } else if t.is_block_device() {
-        ItemKind::Other {
-            what: "block device".into(),
-        }
-    } else if t.is_char_device() {
-        ItemKind::Other {
-            what: "character device".into(),
-        }
-    } else {
-        ItemKind::Other {
-            what: "unknown file type".into(),
-        }
+        EntryType::Fifo => "named pipe (FIFO)",
+        EntryType::Socket => "socket",
+        EntryType::BlockDevice => "block device",
+        EntryType::CharDevice => "character device",
+        // A folder is never an item of its own kind; listed here only for completeness.
+        EntryType::Dir | EntryType::Unknown => "unknown file type",
+    };
+    ItemKind::Other { what: what.into() }
+}
+
+/// How many levels of folders the walker keeps open (one descriptor each) to look entries up
+/// by name; deeper ones are looked up by path.
+const OPEN_LEVELS: usize = 32;
+
+/// `dir` opened `O_PATH` for looking its entries up, at `depth` levels below the root; `None`
+/// where that is not done (too deep, other systems) or not possible.
+fn open_folder(dir: &Path, depth: usize) -> Option<OwnedFd> {
+    #[cfg(target_os = "linux")]
+    if depth < OPEN_LEVELS {
+        use std::os::unix::fs::OpenOptionsExt;
+        return std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .ok()
+            .map(OwnedFd::from);
+    }
+    let _ = (dir, depth);
+    None
+}
+
+/// The metadata of `name` looked up in its folder's descriptor; `None` when that failed, and
+/// the path (which also gives the error to report) is asked instead.
+fn lookup_at(folder: &OwnedFd, name: &OsStr) -> Option<EntryMeta> {
+    #[cfg(target_os = "linux")]
+    return meta::stat_at(folder, name).ok();
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (folder, name);
+        None
     }
 }
 
