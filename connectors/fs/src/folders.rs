@@ -49,7 +49,6 @@ impl OpenFolders {
     #[cfg(target_os = "linux")]
     fn folder(&self, dir: &Path) -> io::Result<std::sync::Arc<std::os::fd::OwnedFd>> {
         use std::os::unix::ffi::OsStrExt;
-        use std::os::unix::fs::OpenOptionsExt;
         let key = dir.as_os_str().as_bytes();
         {
             let recent = self.recent.lock().expect("open folders lock");
@@ -57,13 +56,7 @@ impl OpenFolders {
                 return Ok(fd.clone());
             }
         }
-        let fd: std::sync::Arc<std::os::fd::OwnedFd> = std::sync::Arc::new(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(dir)?
-                .into(),
-        );
+        let fd = std::sync::Arc::new(open_folder(dir)?);
         let mut recent = self.recent.lock().expect("open folders lock");
         if recent.len() >= KEPT {
             recent.pop_back();
@@ -84,23 +77,42 @@ impl OpenFolders {
     }
 }
 
-/// `openat(folder, name, O_RDONLY | O_CLOEXEC)`.
+/// `dir` opened `O_PATH` (nothing to read, no read permission needed), to look names up in.
 #[cfg(target_os = "linux")]
-fn open_at(folder: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) -> io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+pub(crate) fn open_folder(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?
+        .into())
+}
+
+/// `name` NUL-terminated on the stack, for a system call that takes a name in a folder. Names
+/// are at most 255 bytes on Linux filesystems; a longer one (or one with a NUL) is an error,
+/// which sends the caller to the path.
+#[cfg(target_os = "linux")]
+pub(crate) fn c_name(name: &std::ffi::OsStr) -> io::Result<[u8; 256]> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = name.as_bytes();
-    // Names are at most 255 bytes on Linux filesystems: NUL-terminated on the stack.
     let mut buf = [0u8; 256];
     if bytes.len() >= buf.len() || bytes.contains(&0) {
         return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
     buf[..bytes.len()].copy_from_slice(bytes);
-    // SAFETY: `buf` holds the name and a NUL; `folder` is an open descriptor.
+    Ok(buf)
+}
+
+/// `openat(folder, name, O_RDONLY | O_CLOEXEC)`.
+#[cfg(target_os = "linux")]
+fn open_at(folder: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let name = c_name(name)?;
+    // SAFETY: `name` is NUL-terminated; `folder` is an open descriptor.
     let fd = unsafe {
         libc::openat(
             folder.as_raw_fd(),
-            buf.as_ptr().cast(),
+            name.as_ptr().cast(),
             libc::O_RDONLY | libc::O_CLOEXEC,
         )
     };

@@ -446,13 +446,7 @@ const OPEN_LEVELS: usize = 32;
 fn open_folder(dir: &Path, depth: usize) -> Option<OwnedFd> {
     #[cfg(target_os = "linux")]
     if depth < OPEN_LEVELS {
-        use std::os::unix::fs::OpenOptionsExt;
-        return std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(dir)
-            .ok()
-            .map(OwnedFd::from);
+        return folders::open_folder(dir).ok();
     }
     let _ = (dir, depth);
     None

@@ -88,17 +88,10 @@ pub(crate) fn stat_at(
     name: &std::ffi::OsStr,
 ) -> std::io::Result<EntryMeta> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = name.as_bytes();
-    // Names are at most 255 bytes on Linux filesystems: NUL-terminated on the stack.
-    let mut buf = [0u8; 256];
-    if bytes.len() >= buf.len() || bytes.contains(&0) {
-        return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
+    let buf = crate::folders::c_name(name)?;
     // SAFETY: an all-zero statx is a valid value of the plain C struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `buf` holds the name and a NUL, `folder` is open, `st` is writable.
+    // SAFETY: `buf` is NUL-terminated, `folder` is open, `st` is writable.
     let rc = unsafe {
         libc::statx(
             folder.as_raw_fd(),
