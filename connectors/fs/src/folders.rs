@@ -1,7 +1,6 @@
-//! Folders kept open while their files are read: a file is then opened by its name in its
-//! folder's descriptor (`openat`) instead of by its whole path, which the kernel would walk
-//! component by component for every file. Files come folder by folder in listing order, so a
-//! few recent folders are enough.
+//! Files opened by their name in their folder's descriptor (`openat`), the folder kept open
+//! while its files are read (`ferry_core::folders`), instead of by their whole path, which the
+//! kernel would walk component by component for every file.
 
 use std::fs::File;
 use std::io;
@@ -11,19 +10,17 @@ use std::path::Path;
 #[cfg(target_os = "linux")]
 const KEPT: usize = 8;
 
-/// Recently used folders, opened `O_PATH` (no read permission needed, nothing to read).
-pub(crate) struct OpenFolders {
+/// Opens files by name in recently used folders ([`ferry_core::folders::OpenFolders`]).
+pub(crate) struct FileOpener {
     #[cfg(target_os = "linux")]
-    recent: std::sync::Mutex<
-        std::collections::VecDeque<(std::path::PathBuf, std::sync::Arc<std::os::fd::OwnedFd>)>,
-    >,
+    folders: ferry_core::folders::OpenFolders,
 }
 
-impl OpenFolders {
+impl FileOpener {
     pub(crate) fn new() -> Self {
-        OpenFolders {
+        FileOpener {
             #[cfg(target_os = "linux")]
-            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(KEPT)),
+            folders: ferry_core::folders::OpenFolders::new(KEPT),
         }
     }
 
@@ -31,13 +28,13 @@ impl OpenFolders {
     pub(crate) fn open(&self, path: &Path) -> io::Result<File> {
         #[cfg(target_os = "linux")]
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-            if let Ok(folder) = self.folder(dir) {
+            if let Ok(folder) = self.folders.get(dir) {
                 match open_at(&folder, name) {
                     Ok(file) => return Ok(file),
                     // The folder may have been replaced since it was opened: the path decides,
                     // and gives the error a user would get from it.
                     Err(_) => {
-                        self.forget(dir);
+                        self.folders.forget(dir);
                         return File::open(path);
                     }
                 }
@@ -46,68 +43,20 @@ impl OpenFolders {
         File::open(path)
     }
 
-    #[cfg(target_os = "linux")]
-    fn folder(&self, dir: &Path) -> io::Result<std::sync::Arc<std::os::fd::OwnedFd>> {
-        use std::os::unix::ffi::OsStrExt;
-        let key = dir.as_os_str().as_bytes();
-        {
-            let recent = self.recent.lock().expect("open folders lock");
-            if let Some((_, fd)) = recent.iter().find(|(p, _)| p.as_os_str().as_bytes() == key) {
-                return Ok(fd.clone());
-            }
-        }
-        let fd = std::sync::Arc::new(open_folder(dir)?);
-        let mut recent = self.recent.lock().expect("open folders lock");
-        if recent.len() >= KEPT {
-            recent.pop_back();
-        }
-        recent.push_front((dir.to_path_buf(), fd.clone()));
-        Ok(fd)
-    }
-
     /// Closes `dir` if it is open: the next file in it is opened by its path (and `dir` anew).
     pub(crate) fn forget(&self, dir: &Path) {
         #[cfg(target_os = "linux")]
-        self.recent
-            .lock()
-            .expect("open folders lock")
-            .retain(|(p, _)| p != dir);
+        self.folders.forget(dir);
         #[cfg(not(target_os = "linux"))]
         let _ = dir;
     }
-}
-
-/// `dir` opened `O_PATH` (nothing to read, no read permission needed), to look names up in.
-#[cfg(target_os = "linux")]
-pub(crate) fn open_folder(dir: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    Ok(std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(dir)?
-        .into())
-}
-
-/// `name` NUL-terminated on the stack, for a system call that takes a name in a folder. Names
-/// are at most 255 bytes on Linux filesystems; a longer one (or one with a NUL) is an error,
-/// which sends the caller to the path.
-#[cfg(target_os = "linux")]
-pub(crate) fn c_name(name: &std::ffi::OsStr) -> io::Result<[u8; 256]> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = name.as_bytes();
-    let mut buf = [0u8; 256];
-    if bytes.len() >= buf.len() || bytes.contains(&0) {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    Ok(buf)
 }
 
 /// `openat(folder, name, O_RDONLY | O_CLOEXEC)`.
 #[cfg(target_os = "linux")]
 fn open_at(folder: &std::os::fd::OwnedFd, name: &std::ffi::OsStr) -> io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let name = c_name(name)?;
+    let name = ferry_core::folders::c_name(name)?;
     // SAFETY: `name` is NUL-terminated; `folder` is an open descriptor.
     let fd = unsafe {
         libc::openat(
@@ -128,7 +77,7 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    fn read(folders: &OpenFolders, path: &Path) -> io::Result<String> {
+    fn read(folders: &FileOpener, path: &Path) -> io::Result<String> {
         let mut text = String::new();
         folders.open(path)?.read_to_string(&mut text)?;
         Ok(text)
@@ -137,7 +86,7 @@ mod tests {
     #[test]
     fn opens_files_as_their_paths_do() {
         let tmp = tempfile::tempdir().unwrap();
-        let folders = OpenFolders::new();
+        let folders = FileOpener::new();
         for i in 0..20 {
             let dir = tmp.path().join(format!("d{i}"));
             std::fs::create_dir(&dir).unwrap();
@@ -162,7 +111,7 @@ mod tests {
     #[test]
     fn a_folder_replaced_after_it_was_opened_is_read_by_its_path() {
         let tmp = tempfile::tempdir().unwrap();
-        let folders = OpenFolders::new();
+        let folders = FileOpener::new();
         let dir = tmp.path().join("d");
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("f"), "old").unwrap();

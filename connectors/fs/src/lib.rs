@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 
 mod folders;
 mod meta;
-use folders::OpenFolders;
+use folders::FileOpener;
 use meta::{EntryMeta, EntryType};
 
 /// Bytes read from a file at a time.
@@ -55,7 +55,7 @@ pub struct FsConnector {
     /// Buffers of whole chunks already hashed and written, for the next reads.
     spare: BufferPool,
     /// Folders whose files are being read, kept open.
-    folders: Arc<OpenFolders>,
+    folders: Arc<FileOpener>,
 }
 
 /// How many spare chunk buffers are kept (4 MiB).
@@ -99,7 +99,7 @@ impl FsConnector {
             host: hostname(),
             options,
             spare: BufferPool::new(SPARE_CHUNKS),
-            folders: Arc::new(OpenFolders::new()),
+            folders: Arc::new(FileOpener::new()),
         }
     }
 
@@ -446,7 +446,7 @@ const OPEN_LEVELS: usize = 32;
 fn open_folder(dir: &Path, depth: usize) -> Option<OwnedFd> {
     #[cfg(target_os = "linux")]
     if depth < OPEN_LEVELS {
-        return folders::open_folder(dir).ok();
+        return ferry_core::folders::open_folder(dir).ok();
     }
     let _ = (dir, depth);
     None
@@ -596,7 +596,7 @@ struct FileReader {
     offset: u64,
     done: bool,
     spare: BufferPool,
-    folders: Arc<OpenFolders>,
+    folders: Arc<FileOpener>,
 }
 
 impl FileReader {

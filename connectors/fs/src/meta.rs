@@ -88,7 +88,7 @@ pub(crate) fn stat_at(
     name: &std::ffi::OsStr,
 ) -> std::io::Result<EntryMeta> {
     use std::os::fd::AsRawFd;
-    let buf = crate::folders::c_name(name)?;
+    let buf = ferry_core::folders::c_name(name)?;
     // SAFETY: an all-zero statx is a valid value of the plain C struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: `buf` is NUL-terminated, `folder` is open, `st` is writable.

@@ -19,11 +19,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(target_os = "linux")]
-use std::{collections::HashMap, os::fd::OwnedFd, sync::Arc, sync::Mutex};
+use std::{os::fd::OwnedFd, sync::Arc};
 
 /// Folder descriptors kept open at most (they are reopened when needed again).
 #[cfg(target_os = "linux")]
-const OPEN_FOLDERS: usize = 64;
+const OPEN_FOLDERS: usize = 16;
 
 /// Makes new payload files and puts them in place (one per bag).
 pub(crate) struct NewFiles {
@@ -37,7 +37,7 @@ pub(crate) struct NewFiles {
     link_empty_path: AtomicBool,
     /// Descriptors (`O_PATH`) of the folders files were made in lately.
     #[cfg(target_os = "linux")]
-    folders: Mutex<HashMap<PathBuf, Arc<OwnedFd>>>,
+    folders: ferry_core::folders::OpenFolders,
     /// Whether linking unnamed files was tried yet (see [`NewFiles::probe`]).
     #[cfg(target_os = "linux")]
     probed: std::sync::Once,
@@ -82,33 +82,10 @@ impl NewFiles {
             unnamed: AtomicBool::new(cfg!(target_os = "linux")),
             link_empty_path: AtomicBool::new(true),
             #[cfg(target_os = "linux")]
-            folders: Mutex::new(HashMap::new()),
+            folders: ferry_core::folders::OpenFolders::new(OPEN_FOLDERS),
             #[cfg(target_os = "linux")]
             probed: std::sync::Once::new(),
         }
-    }
-
-    /// An `O_PATH` descriptor of `dir`, opened once while it is in use.
-    #[cfg(target_os = "linux")]
-    fn folder(&self, dir: &Path) -> io::Result<Arc<OwnedFd>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut folders = self.folders.lock().expect("folders lock");
-        if let Some(fd) = folders.get(dir) {
-            return Ok(fd.clone());
-        }
-        let fd: Arc<OwnedFd> = Arc::new(
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(dir)?
-                .into(),
-        );
-        if folders.len() >= OPEN_FOLDERS {
-            // Items come folder by folder: forgetting them all now and then is enough.
-            folders.clear();
-        }
-        folders.insert(dir.to_path_buf(), fd.clone());
-        Ok(fd)
     }
 
     /// Opens a new, empty file for writing that will become a file in `dir` (which exists).
@@ -117,7 +94,7 @@ impl NewFiles {
         self.probed.call_once(|| self.probe());
         #[cfg(target_os = "linux")]
         if self.unnamed.load(Ordering::Relaxed) {
-            let folder = self.folder(dir)?;
+            let folder = self.folders.get(dir)?;
             match open_unnamed(&folder) {
                 Ok(file) => return Ok((file, Pending::Unnamed(folder))),
                 // Not offered by this filesystem (EOPNOTSUPP) or kernel (EISDIR, EINVAL).
@@ -146,7 +123,7 @@ impl NewFiles {
     #[cfg(target_os = "linux")]
     fn probe(&self) {
         let linked = (|| -> io::Result<()> {
-            let folder = self.folder(&self.tmp_dir)?;
+            let folder = self.folders.get(&self.tmp_dir)?;
             let file = open_unnamed(&folder)?;
             let name = self.tmp_dir.join(format!("probe-{}", std::process::id()));
             let _ = fs::remove_file(&name);

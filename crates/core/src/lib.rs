@@ -12,6 +12,8 @@ pub mod buffers;
 pub mod checksum;
 pub mod connector;
 pub mod error;
+#[cfg(target_os = "linux")]
+pub mod folders;
 pub mod hash;
 pub mod item;
 pub mod pipeline;
