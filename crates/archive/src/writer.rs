@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::sink::Placement;
+use ferry_core::writeback::WritebackFile;
 use ferry_core::{
     DigestAlgorithm, Digests, Error, Failure, Item, ItemWriter, MultiHasher, Result, RunReport,
     Sink, SourceInfo, SourceRef, StoredItem,
@@ -1674,7 +1675,7 @@ impl Sink for BagWriter {
                     // files, small objects) is not copied into it first.
                     file: Some(Offloaded::Idle(BufWriter::with_capacity(
                         item.size.unwrap_or(256 << 10).min(256 << 10) as usize,
-                        file,
+                        WritebackFile::new(file),
                     ))),
                     final_path,
                     written: 0,
@@ -1846,7 +1847,8 @@ struct FolderItem {
     shared: Arc<Shared>,
     /// How the file gets its name; `None` once it has (or has been discarded).
     pending: Option<Pending>,
-    file: Option<Offloaded<BufWriter<File>>>,
+    /// Large files start their way to disk while they are written (see [`WritebackFile`]).
+    file: Option<Offloaded<BufWriter<WritebackFile>>>,
     /// Large items are written on the blocking pool, overlapping with hashing; small ones
     /// inline, where a hand-off would cost more than the write.
     offload: bool,
@@ -1860,7 +1862,7 @@ impl ItemWriter for FolderItem {
         let what = || format!("writing {}", self.final_path.display());
         let file = self.file.as_mut().expect("open file");
         self.written += chunk.len() as u64;
-        let write = |f: &mut BufWriter<File>, data: &[u8]| f.write_all(data);
+        let write = |f: &mut BufWriter<WritebackFile>, data: &[u8]| f.write_all(data);
         // `what` is called only on an error: this runs for every chunk.
         let failed = |e: io::Error| io_err(what())(e);
         if self.offload {
@@ -1881,7 +1883,8 @@ impl ItemWriter for FolderItem {
             .await
             .map_err(writing)?
             .into_inner()
-            .map_err(|e| writing(e.into_error()))?;
+            .map_err(|e| writing(e.into_error()))?
+            .finish();
         if let Some(modified) = item.modified {
             // Keep the source's modification time: restores and plain `ls -l` then tell the truth.
             let _ = file.set_modified(modified.into());

@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use ferry_core::writeback::Writeback;
 use flate2::{Compress, Compression, FlushCompress};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -101,6 +102,8 @@ pub struct ZipBuilder {
     pos: u64,
     spool: BufWriter<File>,
     entries: u64,
+    /// The archive starts its way to disk while it is written (see [`Writeback`]).
+    writeback: Writeback,
 }
 
 /// An entry whose bytes are being streamed in (size not known in advance).
@@ -164,6 +167,7 @@ impl ZipBuilder {
             pos: 0,
             spool: BufWriter::new(spool),
             entries: 0,
+            writeback: Writeback::new(),
         })
     }
 
@@ -214,6 +218,7 @@ impl ZipBuilder {
                 pos: end,
                 spool,
                 entries,
+                writeback: Writeback::from_offset(end),
             },
             entries,
         ))
@@ -301,7 +306,14 @@ impl ZipBuilder {
         self.write_local_header(&cd)?;
         self.out.write_all(&entry.data)?;
         self.pos += entry.data.len() as u64;
+        self.advance_writeback();
         Ok(cd)
+    }
+
+    /// Starts write-back of what has left the buffer, every [`ferry_core::writeback::STEP`].
+    fn advance_writeback(&mut self) {
+        let written = self.pos - self.out.buffer().len() as u64;
+        self.writeback.advance(self.out.get_ref(), written);
     }
 
     /// Starts an entry whose bytes will be streamed with [`ZipBuilder::write_stream`].
@@ -365,6 +377,7 @@ impl ZipBuilder {
                 "zip entry grew past 4 GiB although a smaller size was stated",
             ));
         }
+        self.advance_writeback();
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub mod report;
 pub mod retry;
 pub mod sink;
 pub mod store;
+pub mod writeback;
 
 pub use buffers::BufferPool;
 pub use checksum::QuickXorHash;

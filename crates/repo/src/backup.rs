@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::sink::Placement;
+use ferry_core::writeback::Writeback;
 use ferry_core::{
     DigestAlgorithm, Error, Failure, Item, ItemWriter, ObjectStore, Result, RunReport, Sink,
     StoredItem,
@@ -772,6 +773,8 @@ impl Sink for BackupSink {
             backup: self.0.clone(),
             key: path.to_string(),
             file: Some(file),
+            written: 0,
+            writeback: Writeback::new(),
             spool,
         }))
     }
@@ -872,6 +875,11 @@ struct BlobWriter {
     backup: Arc<Backup>,
     key: String,
     file: Option<tokio::fs::File>,
+    /// Bytes handed to the spool so far.
+    written: u64,
+    /// A large blob starts its way to disk while it is spooled, so that the flush at commit
+    /// has little left to do (see [`Writeback`]).
+    writeback: Writeback,
     spool: PathBuf,
 }
 
@@ -881,7 +889,11 @@ impl ItemWriter for BlobWriter {
         let f = self.file.as_mut().expect("open until committed");
         f.write_all(&chunk)
             .await
-            .map_err(|e| spool_error(&self.spool, e))
+            .map_err(|e| spool_error(&self.spool, e))?;
+        // tokio's file writes a chunk in the background; what came before it is written.
+        self.writeback.advance(f, self.written);
+        self.written += chunk.len() as u64;
+        Ok(())
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use ferry_core::writeback::Writeback;
 use ferry_core::{ByteStream, Error, ObjectStore, ObjectWriter, Result, StoredObject};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -143,6 +144,8 @@ impl ObjectStore for FolderStore {
             .map_err(io_err(format!("creating {}", tmp.display())))?;
         Ok(Box::new(FolderWriter {
             file: Some(file),
+            written: 0,
+            writeback: Writeback::new(),
             tmp,
             target,
         }))
@@ -275,6 +278,11 @@ fn tokio_util_stream(
 
 struct FolderWriter {
     file: Option<tokio::fs::File>,
+    /// Bytes handed to the file so far.
+    written: u64,
+    /// Large objects start their way to disk while they are written, so that the flush at
+    /// the end has little left to do (see [`Writeback`]).
+    writeback: Writeback,
     tmp: PathBuf,
     target: PathBuf,
 }
@@ -285,7 +293,11 @@ impl ObjectWriter for FolderWriter {
         let f = self.file.as_mut().expect("open until finished");
         f.write_all(&chunk)
             .await
-            .map_err(io_err(format!("writing {}", self.tmp.display())))
+            .map_err(io_err(format!("writing {}", self.tmp.display())))?;
+        // tokio's file writes a chunk in the background; what came before it is written.
+        self.writeback.advance(f, self.written);
+        self.written += chunk.len() as u64;
+        Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
