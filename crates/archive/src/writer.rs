@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::sink::Placement;
-use ferry_core::writeback::WritebackFile;
+use ferry_core::writeback::{Offloaded, WritebackFile};
 use ferry_core::{
     DigestAlgorithm, Digests, Error, Failure, Item, ItemWriter, MultiHasher, Result, RunReport,
     Sink, SourceInfo, SourceRef, StoredItem,
@@ -338,7 +338,7 @@ fn path_key(p: &str) -> u128 {
 
 /// An append-only JSON-lines file that knows its length in bytes and lines.
 struct Journal {
-    file: BufWriter<File>,
+    file: BufWriter<WritebackFile>,
     bytes: u64,
     lines: u64,
 }
@@ -351,8 +351,9 @@ impl Journal {
             .truncate(false)
             .open(path)?;
         file.set_len(keep_bytes)?;
-        let mut file = BufWriter::with_capacity(256 << 10, file);
+        let mut file = file;
         io::Seek::seek(&mut file, io::SeekFrom::Start(keep_bytes))?;
+        let file = BufWriter::with_capacity(256 << 10, WritebackFile::at(file, keep_bytes));
         Ok(Journal {
             file,
             bytes: keep_bytes,
@@ -373,7 +374,7 @@ impl Journal {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.file.flush()?;
-        self.file.get_ref().sync_data()
+        self.file.get_ref().get_ref().sync_data()
     }
 }
 
@@ -415,7 +416,7 @@ struct Staged {
 
 /// A staged tag file: buffered, and hashed with the bag's algorithms as the buffer is written
 /// out (in large pieces, which hash faster than a line at a time).
-type StagedWriter = BufWriter<HashingWriter<File>>;
+type StagedWriter = BufWriter<HashingWriter<WritebackFile>>;
 
 /// A staged tag file, complete: where it is, the open file, and its digests.
 struct StagedFile {
@@ -439,7 +440,7 @@ impl Staged {
                 BufWriter::with_capacity(
                     256 << 10,
                     HashingWriter {
-                        inner,
+                        inner: WritebackFile::new(inner),
                         hasher: MultiHasher::new(algs.iter().copied()),
                     },
                 )
@@ -491,7 +492,7 @@ impl Staged {
             let HashingWriter { inner, hasher } = w.into_inner().map_err(|e| e.into_error())?;
             Ok(StagedFile {
                 path,
-                file: inner,
+                file: inner.finish(),
                 digests: hasher.finish(),
             })
         };
@@ -1784,62 +1785,6 @@ const INLINE_DEFLATE_MAX: usize = 16 << 10;
 
 /// Items larger than this are written off the async threads (see [`Offloaded`]).
 const OFFLOAD_MIN: u64 = 1 << 20;
-
-/// A writer whose blocking writes run on the blocking pool, one chunk behind the caller: the
-/// transfer hashes (and reads) the next chunk while this one is written. At most one write is
-/// in flight, so order is kept and memory stays at one chunk.
-enum Offloaded<W> {
-    /// Nothing in flight.
-    Idle(W),
-    /// A write is running; the writer comes back with its result.
-    Busy(tokio::task::JoinHandle<(W, io::Result<()>)>),
-    /// A write panicked; the writer is gone.
-    Lost,
-}
-
-impl<W: Send + 'static> Offloaded<W> {
-    /// Waits for the write in flight, if any, and returns the writer.
-    async fn settle(&mut self) -> io::Result<&mut W> {
-        if matches!(self, Offloaded::Busy(_)) {
-            let Offloaded::Busy(handle) = std::mem::replace(self, Offloaded::Lost) else {
-                unreachable!("checked above")
-            };
-            let (writer, result) = handle.await.map_err(io::Error::other)?;
-            *self = Offloaded::Idle(writer);
-            result?;
-        }
-        match self {
-            Offloaded::Idle(writer) => Ok(writer),
-            _ => Err(io::Error::other("a write failed earlier")),
-        }
-    }
-
-    /// Starts writing `chunk` with `write` and returns without waiting for it.
-    async fn write(
-        &mut self,
-        chunk: Bytes,
-        write: fn(&mut W, &[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
-        self.settle().await?;
-        let Offloaded::Idle(mut writer) = std::mem::replace(self, Offloaded::Lost) else {
-            unreachable!("settled")
-        };
-        *self = Offloaded::Busy(tokio::task::spawn_blocking(move || {
-            let result = write(&mut writer, &chunk);
-            (writer, result)
-        }));
-        Ok(())
-    }
-
-    /// Waits for the last write and returns the writer.
-    async fn into_inner(mut self) -> io::Result<W> {
-        self.settle().await?;
-        match self {
-            Offloaded::Idle(writer) => Ok(writer),
-            _ => unreachable!("settled"),
-        }
-    }
-}
 
 /// One item being written into a folder bag: a new file (see [`NewFiles`]) given its name on
 /// commit.

@@ -17,7 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use ferry_core::writeback::Writeback;
+use ferry_core::writeback::WritebackFile;
 use flate2::{Compress, Compression, FlushCompress};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -96,14 +96,19 @@ fn unix_mtime(t: OffsetDateTime) -> Option<u32> {
     u32::try_from(t.unix_timestamp()).ok()
 }
 
+/// The archive's file: one writer at a time writes it, in the buffer's whole pieces (see
+/// [`WritebackFile::with_write_max`]).
+fn zip_file(file: WritebackFile) -> WritebackFile {
+    file.with_write_max(usize::MAX)
+}
+
 /// A zip archive being written.
 pub struct ZipBuilder {
-    out: BufWriter<File>,
+    /// The archive, on its way to disk while it is written (see [`WritebackFile`]).
+    out: BufWriter<WritebackFile>,
     pos: u64,
     spool: BufWriter<File>,
     entries: u64,
-    /// The archive starts its way to disk while it is written (see [`Writeback`]).
-    writeback: Writeback,
 }
 
 /// An entry whose bytes are being streamed in (size not known in advance).
@@ -163,11 +168,10 @@ impl ZipBuilder {
         let out = File::create(zip_path)?;
         let spool = File::create(spool_path)?;
         Ok(ZipBuilder {
-            out: BufWriter::with_capacity(1 << 20, out),
+            out: BufWriter::with_capacity(1 << 20, zip_file(WritebackFile::new(out))),
             pos: 0,
             spool: BufWriter::new(spool),
             entries: 0,
-            writeback: Writeback::new(),
         })
     }
 
@@ -202,8 +206,9 @@ impl ZipBuilder {
             ));
         }
         out.set_len(end)?;
-        let mut out = BufWriter::with_capacity(1 << 20, out);
+        let mut out = out;
         out.seek(SeekFrom::Start(end))?;
+        let out = BufWriter::with_capacity(1 << 20, zip_file(WritebackFile::at(out, end)));
         let spool = OpenOptions::new()
             .write(true)
             .open(spool_path)
@@ -218,7 +223,6 @@ impl ZipBuilder {
                 pos: end,
                 spool,
                 entries,
-                writeback: Writeback::from_offset(end),
             },
             entries,
         ))
@@ -306,14 +310,7 @@ impl ZipBuilder {
         self.write_local_header(&cd)?;
         self.out.write_all(&entry.data)?;
         self.pos += entry.data.len() as u64;
-        self.advance_writeback();
         Ok(cd)
-    }
-
-    /// Starts write-back of what has left the buffer, every [`ferry_core::writeback::STEP`].
-    fn advance_writeback(&mut self) {
-        let written = self.pos - self.out.buffer().len() as u64;
-        self.writeback.advance(self.out.get_ref(), written);
     }
 
     /// Starts an entry whose bytes will be streamed with [`ZipBuilder::write_stream`].
@@ -377,7 +374,6 @@ impl ZipBuilder {
                 "zip entry grew past 4 GiB although a smaller size was stated",
             ));
         }
-        self.advance_writeback();
         Ok(())
     }
 
@@ -427,7 +423,7 @@ impl ZipBuilder {
     pub fn discard(&mut self, offset: u64) -> io::Result<()> {
         self.out.flush()?;
         let file = self.out.get_mut();
-        file.set_len(offset)?;
+        file.get_ref().set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
         self.pos = offset;
         Ok(())
@@ -450,7 +446,7 @@ impl ZipBuilder {
     /// Flushes the archive and the spool to stable storage (a resume checkpoint).
     pub fn sync(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+        self.out.get_ref().get_ref().sync_data()?;
         self.spool.flush()?;
         self.spool.get_ref().sync_data()
     }
@@ -507,7 +503,7 @@ impl ZipBuilder {
         self.out.write_all(&end)?;
         self.pos += end.len() as u64;
         self.out.flush()?;
-        self.out.get_ref().sync_all()?;
+        self.out.get_ref().get_ref().sync_all()?;
         Ok(self.pos)
     }
 

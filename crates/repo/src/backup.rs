@@ -22,14 +22,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_core::sink::Placement;
-use ferry_core::writeback::Writeback;
+use ferry_core::writeback::{Offloaded, WritebackFile};
 use ferry_core::{
     DigestAlgorithm, Error, Failure, Item, ItemWriter, ObjectStore, Result, RunReport, Sink,
     StoredItem,
 };
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
 
 use crate::entries::{EntryHead, EntryReader, EntryWriter, StateMerge};
 use crate::format::{
@@ -768,13 +767,13 @@ impl Sink for BackupSink {
         };
         let file = tokio::fs::File::create(&spool)
             .await
-            .map_err(|e| spool_error(&spool, e))?;
+            .map_err(|e| spool_error(&spool, e))?
+            .into_std()
+            .await;
         Ok(Box::new(BlobWriter {
             backup: self.0.clone(),
             key: path.to_string(),
-            file: Some(file),
-            written: 0,
-            writeback: Writeback::new(),
+            file: Some(Offloaded::Idle(WritebackFile::new(file))),
             spool,
         }))
     }
@@ -874,12 +873,9 @@ fn spool_error(path: &std::path::Path, e: std::io::Error) -> Error {
 struct BlobWriter {
     backup: Arc<Backup>,
     key: String,
-    file: Option<tokio::fs::File>,
-    /// Bytes handed to the spool so far.
-    written: u64,
-    /// A large blob starts its way to disk while it is spooled, so that the flush at commit
-    /// has little left to do (see [`Writeback`]).
-    writeback: Writeback,
+    /// Written on the blocking pool, one chunk behind; on its way to disk while it is spooled,
+    /// so that the flush at commit has little left to do (see [`WritebackFile`]).
+    file: Option<Offloaded<WritebackFile>>,
     spool: PathBuf,
 }
 
@@ -887,22 +883,21 @@ struct BlobWriter {
 impl ItemWriter for BlobWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let f = self.file.as_mut().expect("open until committed");
-        f.write_all(&chunk)
+        f.write(chunk, |f, data| f.write_all(data))
             .await
-            .map_err(|e| spool_error(&self.spool, e))?;
-        // tokio's file writes a chunk in the background; what came before it is written.
-        self.writeback.advance(f, self.written);
-        self.written += chunk.len() as u64;
-        Ok(())
+            .map_err(|e| spool_error(&self.spool, e))
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
-        let mut f = self.file.take().expect("open until committed");
-        f.flush().await.map_err(|e| spool_error(&self.spool, e))?;
-        f.sync_all()
+        let f = self.file.take().expect("open until committed");
+        let f = f
+            .into_inner()
             .await
             .map_err(|e| spool_error(&self.spool, e))?;
-        drop(f);
+        tokio::task::spawn_blocking(move || f.finish().sync_all())
+            .await
+            .map_err(|e| Error::fatal(format!("flushing task failed: {e}")))?
+            .map_err(|e| spool_error(&self.spool, e))?;
         let backup = &self.backup;
         let digest = stored
             .digests

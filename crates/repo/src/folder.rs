@@ -2,14 +2,14 @@
 //! temporary file under `tmp/`, flushed to disk and renamed into place, so it exists whole or
 //! not at all; creating an object only if it is absent uses an exclusive create.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use ferry_core::writeback::Writeback;
+use ferry_core::writeback::{Offloaded, WritebackFile};
 use ferry_core::{ByteStream, Error, ObjectStore, ObjectWriter, Result, StoredObject};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -141,11 +141,11 @@ impl ObjectStore for FolderStore {
         }
         let file = tokio::fs::File::create(&tmp)
             .await
-            .map_err(io_err(format!("creating {}", tmp.display())))?;
+            .map_err(io_err(format!("creating {}", tmp.display())))?
+            .into_std()
+            .await;
         Ok(Box::new(FolderWriter {
-            file: Some(file),
-            written: 0,
-            writeback: Writeback::new(),
+            file: Some(Offloaded::Idle(WritebackFile::new(file))),
             tmp,
             target,
         }))
@@ -277,12 +277,9 @@ fn tokio_util_stream(
 }
 
 struct FolderWriter {
-    file: Option<tokio::fs::File>,
-    /// Bytes handed to the file so far.
-    written: u64,
-    /// Large objects start their way to disk while they are written, so that the flush at
-    /// the end has little left to do (see [`Writeback`]).
-    writeback: Writeback,
+    /// Written on the blocking pool, one chunk behind; on its way to disk while it is written,
+    /// so that the flush at the end has little left to do (see [`WritebackFile`]).
+    file: Option<Offloaded<WritebackFile>>,
     tmp: PathBuf,
     target: PathBuf,
 }
@@ -291,24 +288,21 @@ struct FolderWriter {
 impl ObjectWriter for FolderWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let f = self.file.as_mut().expect("open until finished");
-        f.write_all(&chunk)
+        f.write(chunk, |f, data| f.write_all(data))
             .await
-            .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        // tokio's file writes a chunk in the background; what came before it is written.
-        self.writeback.advance(f, self.written);
-        self.written += chunk.len() as u64;
-        Ok(())
+            .map_err(io_err(format!("writing {}", self.tmp.display())))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
-        let mut f = self.file.take().expect("open until finished");
-        f.flush()
+        let f = self.file.take().expect("open until finished");
+        let f = f
+            .into_inner()
             .await
             .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        f.sync_all()
+        tokio::task::spawn_blocking(move || f.finish().sync_all())
             .await
+            .map_err(|e| Error::fatal(format!("flushing task failed: {e}")))?
             .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        drop(f);
         if let Some(parent) = self.target.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
