@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use ferry_core::writeback::{Offloaded, WritebackFile};
 use ferry_core::{Error, Result};
 use futures::StreamExt;
 use sha2::Digest as _;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use crate::format::{blob_key, key_components, Entry};
 use crate::repository::Repository;
@@ -172,20 +173,29 @@ async fn write_file(repo: &Repository, e: &Entry, blob: &str, path: &Path) -> Re
             path.file_name().unwrap_or_default().as_encoded_bytes()
         ))[..16]
     ));
-    let mut f = tokio::fs::File::create(&tmp)
+    let file = tokio::fs::File::create(&tmp)
         .await
-        .map_err(|err| io("creating", err))?;
+        .map_err(|err| io("creating", err))?
+        .into_std()
+        .await;
+    // Written on the blocking pool one chunk behind the hashing, in the small pieces and with
+    // the early write-back every file ferry writes gets (see `ferry_core::writeback`).
+    let mut f = Offloaded::Idle(WritebackFile::new(file));
     let mut stream = repo.store().read(&blob_key(blob), 0).await?;
     let mut hasher = sha2::Sha256::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         hasher.update(&chunk);
-        f.write_all(&chunk)
+        f.write(chunk, |f, data| f.write_all(data))
             .await
             .map_err(|err| io("writing", err))?;
     }
-    f.flush().await.map_err(|err| io("writing", err))?;
-    drop(f);
+    drop(
+        f.into_inner()
+            .await
+            .map_err(|err| io("writing", err))?
+            .finish(),
+    );
     let got = hex::encode(hasher.finalize());
     if got != blob {
         let _ = tokio::fs::remove_file(&tmp).await;
