@@ -423,7 +423,7 @@ impl ZipBuilder {
     pub fn discard(&mut self, offset: u64) -> io::Result<()> {
         self.out.flush()?;
         let file = self.out.get_mut();
-        file.get_ref().set_len(offset)?;
+        file.set_len(offset)?;
         file.seek(SeekFrom::Start(offset))?;
         self.pos = offset;
         Ok(())

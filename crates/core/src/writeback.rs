@@ -180,6 +180,14 @@ impl WritebackFile {
         &self.file
     }
 
+    /// Cuts the file to `len` bytes (its offset stays where it is).
+    pub fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)?;
+        self.end = self.end.min(len);
+        self.writeback.started = self.writeback.started.min(len);
+        Ok(())
+    }
+
     /// The furthest offset written so far.
     pub fn written(&self) -> u64 {
         self.end
@@ -328,6 +336,22 @@ mod tests {
         assert_eq!(back.len(), 101);
         assert_eq!(&back[8..17], b"xxhelloxx");
         assert_eq!(back[100], b'!');
+    }
+
+    #[test]
+    fn cutting_the_file_moves_its_end_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = WritebackFile::new(File::create(&path).unwrap());
+        f.write_all(&vec![1u8; (STEP + 10) as usize]).unwrap();
+        assert_eq!(f.writeback.started, STEP);
+        f.set_len(100).unwrap();
+        f.seek(SeekFrom::Start(100)).unwrap();
+        assert_eq!((f.written(), f.writeback.started), (100, 100));
+        f.write_all(b"ab").unwrap();
+        assert_eq!(f.written(), 102);
+        drop(f.finish());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 102);
     }
 
     #[test]
