@@ -324,6 +324,49 @@ fn a_repository_in_use_is_refused_with_who_uses_it() {
     assert!(run.stderr.contains("no run"), "{}", run.stderr);
 }
 
+#[test]
+fn a_damaged_or_missing_blob_stops_the_restore_and_leaves_nothing_half_written() {
+    use sha2::Digest as _;
+    let dir = tempdir();
+    let src = dir.path().join("src");
+    let content = b"bravo: the one whose blob goes wrong\n".repeat(2000);
+    write(&src.join("a.txt"), b"alpha");
+    write(&src.join("b.txt"), &content);
+    let repo = dir.path().join("repo");
+    backup(&src, &repo, &[]);
+    let digest = hex::encode(sha2::Sha256::digest(&content));
+    let blob = repo.join("blobs/sha256").join(&digest[..2]).join(&digest);
+    let leftovers = |out: &Path| -> Vec<PathBuf> {
+        files_under(out)
+            .into_iter()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".ferry-restore-"))
+            })
+            .collect()
+    };
+
+    // Damaged: found by its SHA-256 as it is written.
+    let mut bytes = std::fs::read(&blob).expect("the blob of b.txt");
+    bytes[100] ^= 1;
+    std::fs::write(&blob, &bytes).unwrap();
+    let out = dir.path().join("restore-damaged");
+    let run = restore(&repo, "latest", &out, &[]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("damaged"), "{}", run.stderr);
+    assert!(!out.join("fs/src/b.txt").exists());
+    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+
+    // Missing: the read fails before any byte; the file made for it goes too.
+    std::fs::remove_file(&blob).unwrap();
+    let out = dir.path().join("restore-missing");
+    let run = restore(&repo, "latest", &out, &[]);
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("missing"), "{}", run.stderr);
+    assert!(!out.join("fs/src/b.txt").exists());
+    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()

@@ -180,22 +180,34 @@ async fn write_file(repo: &Repository, e: &Entry, blob: &str, path: &Path) -> Re
         .await;
     // Written on the blocking pool one chunk behind the hashing, in the small pieces and with
     // the early write-back every file ferry writes gets (see `ferry_core::writeback`).
-    let mut f = Offloaded::Idle(WritebackFile::new(file));
-    let mut stream = repo.store().read(&blob_key(blob), 0).await?;
-    let mut hasher = sha2::Sha256::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        hasher.update(&chunk);
-        f.write(chunk, |f, data| f.write_all(data))
-            .await
-            .map_err(|err| io("writing", err))?;
+    let copied = async {
+        let mut f = Offloaded::Idle(WritebackFile::new(file));
+        let mut stream = repo.store().read(&blob_key(blob), 0).await?;
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            hasher.update(&chunk);
+            f.write(chunk, |f, data| f.write_all(data))
+                .await
+                .map_err(|err| io("writing", err))?;
+        }
+        drop(
+            f.into_inner()
+                .await
+                .map_err(|err| io("writing", err))?
+                .finish(),
+        );
+        Ok::<_, Error>(hasher)
     }
-    drop(
-        f.into_inner()
-            .await
-            .map_err(|err| io("writing", err))?
-            .finish(),
-    );
+    .await;
+    // A half-written file is not left behind under its temporary name.
+    let hasher = match copied {
+        Ok(hasher) => hasher,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
     let got = hex::encode(hasher.finalize());
     if got != blob {
         let _ = tokio::fs::remove_file(&tmp).await;
