@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -745,36 +745,23 @@ impl Sink for BackupSink {
         Ok(Placement::New(key))
     }
 
-    async fn create(&self, _item: &Item, path: &str) -> Result<Box<dyn ItemWriter>> {
-        // Spool next to the repository when it is a folder (then the blob is a rename away),
-        // else in the work folder.
-        let spool = match self.0.repo.store().local_path("tmp") {
-            Some(dir) => {
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| Error::fatal(format!("cannot create {}: {e}", dir.display())))?;
-                dir.join(format!(
-                    "{}-{}.blob",
-                    std::process::id(),
-                    self.0
-                        .repo
-                        .work_file("x")
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default()
-                ))
+    async fn create(&self, item: &Item, path: &str) -> Result<Box<dyn ItemWriter>> {
+        // A small item is gathered in memory and stored in one go at commit: a spool file
+        // costs a file of its own and several trips to the blocking pool, which dominated
+        // backups of many small files.
+        let body = match item.size {
+            Some(size) if size <= SMALL_BLOB as u64 => {
+                Body::Memory(Vec::with_capacity(size as usize))
             }
-            None => self.0.repo.work_file("blob"),
+            _ => {
+                let (file, spool) = self.0.open_spool().await?;
+                Body::Spool { file, spool }
+            }
         };
-        let file = tokio::fs::File::create(&spool)
-            .await
-            .map_err(|e| spool_error(&spool, e))?
-            .into_std()
-            .await;
         Ok(Box::new(BlobWriter {
             backup: self.0.clone(),
             key: path.to_string(),
-            file: Some(Offloaded::Idle(WritebackFile::new(file))),
-            spool,
+            body: Some(body),
         }))
     }
 
@@ -870,34 +857,92 @@ fn spool_error(path: &std::path::Path, e: std::io::Error) -> Error {
     }
 }
 
+/// Items up to this size are gathered in memory instead of spooled to a file (at most this
+/// much per transfer in flight).
+const SMALL_BLOB: usize = 64 << 10;
+
+impl Backup {
+    /// A new spool file: next to the repository when it is a folder (then the blob is a rename
+    /// away), else in the work folder.
+    async fn open_spool(&self) -> Result<(Offloaded<WritebackFile>, PathBuf)> {
+        let spool = match self.repo.store().local_path("tmp") {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::fatal(format!("cannot create {}: {e}", dir.display())))?;
+                dir.join(format!(
+                    "{}-{}.blob",
+                    std::process::id(),
+                    self.repo
+                        .work_file("x")
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default()
+                ))
+            }
+            None => self.repo.work_file("blob"),
+        };
+        let file = tokio::fs::File::create(&spool)
+            .await
+            .map_err(|e| spool_error(&spool, e))?
+            .into_std()
+            .await;
+        Ok((Offloaded::Idle(WritebackFile::new(file)), spool))
+    }
+}
+
+/// Where an item's bytes wait for its commit.
+enum Body {
+    /// A small item, in memory (at most [`SMALL_BLOB`] bytes).
+    Memory(Vec<u8>),
+    /// A spool file, written on the blocking pool one chunk behind; on its way to disk while
+    /// it is spooled, so that the flush at commit has little left to do (see
+    /// [`WritebackFile`]).
+    Spool {
+        file: Offloaded<WritebackFile>,
+        spool: PathBuf,
+    },
+}
+
 struct BlobWriter {
     backup: Arc<Backup>,
     key: String,
-    /// Written on the blocking pool, one chunk behind; on its way to disk while it is spooled,
-    /// so that the flush at commit has little left to do (see [`WritebackFile`]).
-    file: Option<Offloaded<WritebackFile>>,
-    spool: PathBuf,
+    /// `None` once committed or aborted.
+    body: Option<Body>,
 }
 
 #[async_trait]
 impl ItemWriter for BlobWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        let f = self.file.as_mut().expect("open until committed");
-        f.write(chunk, |f, data| f.write_all(data))
-            .await
-            .map_err(|e| spool_error(&self.spool, e))
+        match self.body.as_mut().expect("open until committed") {
+            Body::Memory(buf) if buf.len() + chunk.len() <= SMALL_BLOB => {
+                buf.extend_from_slice(&chunk);
+                Ok(())
+            }
+            Body::Memory(buf) => {
+                // Larger than listed: spooled from here on.
+                let gathered = Bytes::from(std::mem::take(buf));
+                let (mut file, spool) = self.backup.open_spool().await?;
+                self.body = Some(Body::Spool {
+                    file: Offloaded::Lost,
+                    spool: spool.clone(),
+                });
+                for bytes in [gathered, chunk] {
+                    file.write(bytes, |f, data| f.write_all(data))
+                        .await
+                        .map_err(|e| spool_error(&spool, e))?;
+                }
+                self.body = Some(Body::Spool { file, spool });
+                Ok(())
+            }
+            Body::Spool { file, spool } => file
+                .write(chunk, |f, data| f.write_all(data))
+                .await
+                .map_err(|e| spool_error(spool, e)),
+        }
     }
 
     async fn commit(mut self: Box<Self>, item: &Item, stored: StoredItem) -> Result<()> {
-        let f = self.file.take().expect("open until committed");
-        let f = f
-            .into_inner()
-            .await
-            .map_err(|e| spool_error(&self.spool, e))?;
-        tokio::task::spawn_blocking(move || f.finish().sync_all())
-            .await
-            .map_err(|e| Error::fatal(format!("flushing task failed: {e}")))?
-            .map_err(|e| spool_error(&self.spool, e))?;
+        let body = self.body.take().expect("open until committed");
         let backup = &self.backup;
         let digest = stored
             .digests
@@ -905,18 +950,47 @@ impl ItemWriter for BlobWriter {
             .cloned()
             .ok_or_else(|| Error::fatal("internal error: no SHA-256 of the content"))?;
         let raw = blob_bytes(&digest).ok_or_else(|| Error::fatal("internal error: bad digest"))?;
-        let known = backup
-            .progress
-            .lock()
-            .expect("progress")
-            .known_blobs
-            .contains(&raw);
         let store = backup.repo.store();
         let key = blob_key(&digest);
-        if known || store.exists(&key).await? {
-            let _ = tokio::fs::remove_file(&self.spool).await;
-        } else {
-            store.adopt_file(&key, &self.spool).await?;
+        let known = || {
+            backup
+                .progress
+                .lock()
+                .expect("progress")
+                .known_blobs
+                .contains(&raw)
+        };
+        let stored_now = match body {
+            Body::Memory(buf) => {
+                if known() || store.exists(&key).await? {
+                    false
+                } else {
+                    // Written whole under a temporary name, flushed and renamed into place.
+                    store.put_bytes(&key, Bytes::from(buf)).await?;
+                    true
+                }
+            }
+            Body::Spool { file, spool } => {
+                let removing = SpoolGuard(Some(spool));
+                let f = file
+                    .into_inner()
+                    .await
+                    .map_err(|e| spool_error(removing.path(), e))?;
+                tokio::task::spawn_blocking(move || f.finish().sync_all())
+                    .await
+                    .map_err(|e| Error::fatal(format!("flushing task failed: {e}")))?
+                    .map_err(|e| spool_error(removing.path(), e))?;
+                if known() || store.exists(&key).await? {
+                    false
+                } else {
+                    // On an error the guard removes the spool file.
+                    store.adopt_file(&key, removing.path()).await?;
+                    removing.keep();
+                    true
+                }
+            }
+        };
+        if stored_now {
             // Two items with the same new content can both get here at once; both writes
             // hold the same bytes, and the content is counted once.
             let mut p = backup.progress.lock().expect("progress");
@@ -947,15 +1021,38 @@ impl ItemWriter for BlobWriter {
     }
 
     async fn abort(mut self: Box<Self>) {
-        self.file.take();
-        let _ = tokio::fs::remove_file(&self.spool).await;
+        if let Some(Body::Spool { file, spool }) = self.body.take() {
+            drop(file);
+            let _ = tokio::fs::remove_file(&spool).await;
+        }
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.spool);
+        if let Some(Body::Spool { spool, .. }) = self.body.take() {
+            let _ = std::fs::remove_file(&spool);
+        }
+    }
+}
+
+/// Removes a spool file when dropped, unless it was kept (moved into the repository).
+struct SpoolGuard(Option<PathBuf>);
+
+impl SpoolGuard {
+    fn path(&self) -> &Path {
+        self.0.as_deref().expect("not kept yet")
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        if let Some(spool) = self.0.take() {
+            let _ = std::fs::remove_file(spool);
         }
     }
 }
@@ -1058,6 +1155,71 @@ mod tests {
                 .await
                 .unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn small_items_are_gathered_in_memory_and_an_item_larger_than_listed_is_spooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path()).await;
+        let backup = Backup::start(
+            repo.clone(),
+            BackupOptions {
+                job: "job".into(),
+                source: "test".into(),
+                options: Default::default(),
+                full_listing: false,
+                moves: false,
+            },
+        )
+        .await
+        .unwrap();
+        let sink = BackupSink(backup.clone());
+        let big: Vec<u8> = (0..SMALL_BLOB * 2 + 7).map(|i| (i % 251) as u8).collect();
+        // (listed size, chunks): small; listed small but larger (spilled after a first chunk
+        // gathered in memory); listed large.
+        let cases: Vec<(u64, Vec<&[u8]>)> = vec![
+            (5, vec![b"hello"]),
+            (10, vec![&big[..10], &big[10..]]),
+            (
+                big.len() as u64,
+                vec![&big[..SMALL_BLOB], &big[SMALL_BLOB..]],
+            ),
+        ];
+        for (n, (size, chunks)) in cases.iter().enumerate() {
+            let item = item(&format!("i{n}"), &[&format!("f{n}")], *size, "v1");
+            let Placement::New(path) = sink.place(&item).unwrap() else {
+                panic!("new item")
+            };
+            let mut w = sink.create(&item, &path).await.unwrap();
+            let mut content = Vec::new();
+            for c in chunks {
+                w.write(Bytes::copy_from_slice(c)).await.unwrap();
+                content.extend_from_slice(c);
+            }
+            let stored = StoredItem {
+                path,
+                size: content.len() as u64,
+                digests: [(DigestAlgorithm::Sha256, crate::format::sha256_hex(&content))].into(),
+                checks: Vec::new(),
+                retrieved_at: OffsetDateTime::now_utc(),
+            };
+            w.commit(&item, stored).await.unwrap();
+            let digest = crate::format::sha256_hex(&content);
+            let blob = dir
+                .path()
+                .join("repo/blobs/sha256")
+                .join(&digest[..2])
+                .join(&digest);
+            assert_eq!(std::fs::read(&blob).unwrap(), content, "case {n}");
+        }
+        backup
+            .finish(&RunReport::start(), serde_json::Value::Null)
+            .await
+            .unwrap();
+        let spools: Vec<_> = std::fs::read_dir(dir.path().join("repo/tmp"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(spools.is_empty(), "left behind: {spools:?}");
     }
 
     #[tokio::test]
