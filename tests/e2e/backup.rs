@@ -346,25 +346,25 @@ fn a_damaged_or_missing_blob_stops_the_restore_and_leaves_nothing_half_written()
             .collect()
     };
 
+    // A restore that stops on b.txt's blob, saying `why`, and leaves no part of it behind.
+    let stopped_cleanly = |why: &str| {
+        let out = dir.path().join(format!("restore-{why}"));
+        let run = restore(&repo, "latest", &out, &[]);
+        assert_ne!(run.code, 0, "{}", run.stderr);
+        assert!(run.stderr.contains(why), "{}", run.stderr);
+        assert!(!out.join("fs/src/b.txt").exists());
+        assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+    };
+
     // Damaged: found by its SHA-256 as it is written.
     let mut bytes = std::fs::read(&blob).expect("the blob of b.txt");
     bytes[100] ^= 1;
     std::fs::write(&blob, &bytes).unwrap();
-    let out = dir.path().join("restore-damaged");
-    let run = restore(&repo, "latest", &out, &[]);
-    assert_ne!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("damaged"), "{}", run.stderr);
-    assert!(!out.join("fs/src/b.txt").exists());
-    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+    stopped_cleanly("damaged");
 
     // Missing: the read fails before any byte; the file made for it goes too.
     std::fs::remove_file(&blob).unwrap();
-    let out = dir.path().join("restore-missing");
-    let run = restore(&repo, "latest", &out, &[]);
-    assert_ne!(run.code, 0, "{}", run.stderr);
-    assert!(run.stderr.contains("missing"), "{}", run.stderr);
-    assert!(!out.join("fs/src/b.txt").exists());
-    assert_eq!(leftovers(&out), Vec::<PathBuf>::new());
+    stopped_cleanly("missing");
 }
 
 fn hostname() -> String {

@@ -1086,12 +1086,9 @@ mod tests {
         run_of(repo, false, items).await
     }
 
-    async fn run_of(
-        repo: &Arc<Repository>,
-        full_listing: bool,
-        items: &[(Item, &[u8])],
-    ) -> (StoredRun, Vec<String>) {
-        let backup = Backup::start(
+    /// A backup of the test job into `repo`.
+    async fn start(repo: &Arc<Repository>, full_listing: bool) -> Arc<Backup> {
+        Backup::start(
             repo.clone(),
             BackupOptions {
                 job: "job".into(),
@@ -1102,7 +1099,15 @@ mod tests {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn run_of(
+        repo: &Arc<Repository>,
+        full_listing: bool,
+        items: &[(Item, &[u8])],
+    ) -> (StoredRun, Vec<String>) {
+        let backup = start(repo, full_listing).await;
         let sink = BackupSink(backup.clone());
         let mut read = Vec::new();
         for (item, content) in items {
@@ -1161,18 +1166,7 @@ mod tests {
     async fn small_items_are_gathered_in_memory_and_an_item_larger_than_listed_is_spooled() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path()).await;
-        let backup = Backup::start(
-            repo.clone(),
-            BackupOptions {
-                job: "job".into(),
-                source: "test".into(),
-                options: Default::default(),
-                full_listing: false,
-                moves: false,
-            },
-        )
-        .await
-        .unwrap();
+        let backup = start(&repo, false).await;
         let sink = BackupSink(backup.clone());
         let big: Vec<u8> = (0..SMALL_BLOB * 2 + 7).map(|i| (i % 251) as u8).collect();
         // (listed size, chunks): small; listed small but larger (spilled after a first chunk
