@@ -71,6 +71,18 @@ pub trait ObjectStore: Send + Sync {
         Ok(true)
     }
 
+    /// Writes a small object whole unless one exists under `key` already; `false` when one
+    /// did. For content-addressed objects (the same key always holds the same bytes), where two
+    /// writers racing both succeed harmlessly. The default checks, then writes; stores that
+    /// can do both in one step override it.
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        if self.exists(key).await? {
+            return Ok(false);
+        }
+        self.put_bytes(key, bytes).await?;
+        Ok(true)
+    }
+
     /// Reads a small object whole (at most `limit` bytes, else an error).
     async fn get_bytes(&self, key: &str, limit: usize) -> Result<Vec<u8>> {
         use futures::StreamExt;

@@ -961,15 +961,9 @@ impl ItemWriter for BlobWriter {
                 .contains(&raw)
         };
         let stored_now = match body {
-            Body::Memory(buf) => {
-                if known() || store.exists(&key).await? {
-                    false
-                } else {
-                    // Written whole under a temporary name, flushed and renamed into place.
-                    store.put_bytes(&key, Bytes::from(buf)).await?;
-                    true
-                }
-            }
+            // Written whole under a temporary name, flushed and renamed into place, unless the
+            // repository has it.
+            Body::Memory(buf) => !known() && store.put_if_absent(&key, Bytes::from(buf)).await?,
             Body::Spool { file, spool } => {
                 let removing = SpoolGuard(Some(spool));
                 let f = file

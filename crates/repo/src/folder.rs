@@ -240,6 +240,20 @@ impl ObjectStore for FolderStore {
             .map_err(|e| Error::fatal(format!("writing task failed: {e}")))?
     }
 
+    async fn put_if_absent(&self, key: &str, bytes: Bytes) -> Result<bool> {
+        // The check and the write in the same trip to the blocking pool.
+        let target = self.path(key)?;
+        let tmp = self.temp_path();
+        tokio::task::spawn_blocking(move || {
+            if target.try_exists().unwrap_or(false) {
+                return Ok(false);
+            }
+            put_file(&tmp, &target, &bytes).map(|()| true)
+        })
+        .await
+        .map_err(|e| Error::fatal(format!("writing task failed: {e}")))?
+    }
+
     async fn adopt_file(&self, key: &str, file: &Path) -> Result<()> {
         let target = self.path(key)?;
         if let Some(parent) = target.parent() {
@@ -361,5 +375,41 @@ impl Drop for FolderWriter {
         if self.file.is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_if_absent_writes_once_whole_and_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(dir.path().join("repo"));
+        let key = "blobs/sha256/ab/abcdef";
+        assert!(store
+            .put_if_absent(key, Bytes::from_static(b"first"))
+            .await
+            .unwrap());
+        assert!(!store
+            .put_if_absent(key, Bytes::from_static(b"second"))
+            .await
+            .unwrap());
+        assert_eq!(
+            std::fs::read(dir.path().join("repo").join(key)).unwrap(),
+            b"first"
+        );
+        store
+            .put_bytes("records/r.json", Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("repo/records/r.json")).unwrap(),
+            b"{}"
+        );
+        let tmp: Vec<_> = std::fs::read_dir(dir.path().join("repo/tmp"))
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(tmp.is_empty(), "{tmp:?}");
     }
 }
