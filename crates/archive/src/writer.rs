@@ -1807,13 +1807,13 @@ impl ItemWriter for FolderItem {
         let what = || format!("writing {}", self.final_path.display());
         let file = self.file.as_mut().expect("open file");
         self.written += chunk.len() as u64;
-        let write = |f: &mut BufWriter<WritebackFile>, data: &[u8]| f.write_all(data);
         // `what` is called only on an error: this runs for every chunk.
         let failed = |e: io::Error| io_err(what())(e);
         if self.offload {
-            file.write(chunk, write).await.map_err(failed)
+            file.write_all(chunk).await.map_err(failed)
         } else {
-            write(file.settle().await.map_err(failed)?, &chunk).map_err(failed)
+            let f = file.settle().await.map_err(failed)?;
+            f.write_all(&chunk).map_err(failed)
         }
     }
 

@@ -47,28 +47,17 @@ pub const MIN_TAIL: u64 = 1 << 20;
 
 /// Where write-back of one file has been started up to.
 #[derive(Debug, Clone)]
-pub struct Writeback {
+struct Writeback {
     /// Bytes before this offset have had write-back started.
     started: u64,
     /// False once the file system refused.
     enabled: bool,
 }
 
-impl Default for Writeback {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Writeback {
-    /// Nothing started yet, for a file written from offset 0.
-    pub fn new() -> Self {
-        Self::from_offset(0)
-    }
-
     /// Nothing started yet, for a file whose first `offset` bytes were written earlier (a
     /// resumed file): those are the checkpoint's business.
-    pub fn from_offset(offset: u64) -> Self {
+    fn from_offset(offset: u64) -> Self {
         Writeback {
             started: offset,
             enabled: cfg!(target_os = "linux"),
@@ -78,7 +67,7 @@ impl Writeback {
     /// The file's bytes are on their way to the kernel up to `written` (nothing of them left in
     /// a user-space buffer): starts write-back of those not yet started once there are
     /// [`STEP`] of them.
-    pub fn advance(&mut self, file: &impl AsFd, written: u64) {
+    fn advance(&mut self, file: &impl AsFd, written: u64) {
         if written >= self.started.saturating_add(STEP) {
             self.start(file.as_fd(), written);
         }
@@ -86,7 +75,7 @@ impl Writeback {
 
     /// The file is complete at `written` bytes: starts write-back of its tail if the file is
     /// large enough for that to pay.
-    pub fn finish(&mut self, file: &impl AsFd, written: u64) {
+    fn finish(&mut self, file: &impl AsFd, written: u64) {
         if written >= MIN_TAIL && written > self.started {
             self.start(file.as_fd(), written);
         }
@@ -106,7 +95,7 @@ impl Writeback {
 /// Asks the kernel to start writing `file`'s dirty pages in `from..to` to disk, without
 /// waiting for them.
 #[cfg(target_os = "linux")]
-pub fn start_writeback(file: BorrowedFd<'_>, from: u64, to: u64) -> io::Result<()> {
+fn start_writeback(file: BorrowedFd<'_>, from: u64, to: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     if to <= from {
         return Ok(());
@@ -128,7 +117,7 @@ pub fn start_writeback(file: BorrowedFd<'_>, from: u64, to: u64) -> io::Result<(
 
 /// Does nothing: other systems have no portable call for it.
 #[cfg(not(target_os = "linux"))]
-pub fn start_writeback(_file: BorrowedFd<'_>, _from: u64, _to: u64) -> io::Result<()> {
+fn start_writeback(_file: BorrowedFd<'_>, _from: u64, _to: u64) -> io::Result<()> {
     Ok(())
 }
 
@@ -283,6 +272,13 @@ impl<W: Send + 'static> Offloaded<W> {
     }
 }
 
+impl<W: Write + Send + 'static> Offloaded<W> {
+    /// Starts writing all of `chunk` and returns without waiting for it.
+    pub async fn write_all(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.write(chunk, |w, data| w.write_all(data)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +354,7 @@ mod tests {
     fn small_files_are_left_to_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let file = File::create(dir.path().join("f")).unwrap();
-        let mut wb = Writeback::new();
+        let mut wb = Writeback::from_offset(0);
         wb.advance(&file, 4096);
         wb.finish(&file, 4096);
         assert_eq!(wb.started, 0);
@@ -372,7 +368,7 @@ mod tests {
         // A pipe: sync_file_range fails with ESPIPE.
         let (reader, _writer) = std::io::pipe().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(reader));
-        let mut wb = Writeback::new();
+        let mut wb = Writeback::from_offset(0);
         wb.advance(&file, STEP);
         assert!(!wb.enabled);
         assert_eq!(wb.started, STEP);

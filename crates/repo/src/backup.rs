@@ -927,7 +927,7 @@ impl ItemWriter for BlobWriter {
                     spool: spool.clone(),
                 });
                 for bytes in [gathered, chunk] {
-                    file.write(bytes, |f, data| f.write_all(data))
+                    file.write_all(bytes)
                         .await
                         .map_err(|e| spool_error(&spool, e))?;
                 }
@@ -935,7 +935,7 @@ impl ItemWriter for BlobWriter {
                 Ok(())
             }
             Body::Spool { file, spool } => file
-                .write(chunk, |f, data| f.write_all(data))
+                .write_all(chunk)
                 .await
                 .map_err(|e| spool_error(spool, e)),
         }

@@ -291,9 +291,20 @@ fn put_file(tmp: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
         }
         let mut f = WritebackFile::new(std::fs::File::create(tmp)?);
         f.write_all(bytes)?;
-        f.finish().sync_all()
+        Ok(f)
     })();
-    if let Err(e) = written {
+    match written {
+        Ok(f) => flush_and_place(f, tmp, target),
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            Err(io_err(format!("writing {}", tmp.display()))(e))
+        }
+    }
+}
+
+/// Flushes `file`, written at `tmp`, and renames it to `target`. `tmp` is removed on an error.
+fn flush_and_place(file: WritebackFile, tmp: &Path, target: &Path) -> Result<()> {
+    if let Err(e) = file.finish().sync_all() {
         let _ = std::fs::remove_file(tmp);
         return Err(io_err(format!("writing {}", tmp.display()))(e));
     }
@@ -339,7 +350,7 @@ struct FolderWriter {
 impl ObjectWriter for FolderWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         let f = self.file.as_mut().expect("open until finished");
-        f.write(chunk, |f, data| f.write_all(data))
+        f.write_all(chunk)
             .await
             .map_err(io_err(format!("writing {}", self.tmp.display())))
     }
@@ -350,18 +361,10 @@ impl ObjectWriter for FolderWriter {
             .into_inner()
             .await
             .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        tokio::task::spawn_blocking(move || f.finish().sync_all())
+        let (tmp, target) = (self.tmp.clone(), self.target.clone());
+        tokio::task::spawn_blocking(move || flush_and_place(f, &tmp, &target))
             .await
             .map_err(|e| Error::fatal(format!("flushing task failed: {e}")))?
-            .map_err(io_err(format!("writing {}", self.tmp.display())))?;
-        if let Some(parent) = self.target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(io_err(format!("creating {}", parent.display())))?;
-        }
-        tokio::fs::rename(&self.tmp, &self.target)
-            .await
-            .map_err(io_err(format!("renaming into {}", self.target.display())))
     }
 
     async fn abort(mut self: Box<Self>) {

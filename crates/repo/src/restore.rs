@@ -9,7 +9,6 @@ use ferry_core::writeback::{Offloaded, WritebackFile};
 use ferry_core::{Error, Result};
 use futures::StreamExt;
 use sha2::Digest as _;
-use std::io::Write;
 
 use crate::format::{blob_key, key_components, Entry};
 use crate::repository::Repository;
@@ -187,9 +186,7 @@ async fn write_file(repo: &Repository, e: &Entry, blob: &str, path: &Path) -> Re
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             hasher.update(&chunk);
-            f.write(chunk, |f, data| f.write_all(data))
-                .await
-                .map_err(|err| io("writing", err))?;
+            f.write_all(chunk).await.map_err(|err| io("writing", err))?;
         }
         drop(
             f.into_inner()
