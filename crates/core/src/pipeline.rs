@@ -433,8 +433,7 @@ impl Transfer {
                     return Err(e);
                 }
             };
-            hasher.update(&chunk);
-            checksums.update(&chunk);
+            checksums.update_with(&mut hasher, &chunk);
             self.progress.bytes(chunk.len() as u64);
             *stage = "write";
             if let Err(e) = writer.write(chunk).await {
