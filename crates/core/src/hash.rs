@@ -191,22 +191,13 @@ impl MultiHasher {
         {
             h.update(data);
         }
-        let mut narrow: Vec<&mut OneHasher> = self
-            .hashers
-            .iter_mut()
-            .filter(|(a, _)| a.block_size() == BLOCK)
-            .map(|(_, h)| h)
-            .collect();
-        if let [first, second] = &mut narrow[..] {
-            for piece in block_pieces(before, data) {
-                first.update(piece);
-                second.update(piece);
-            }
-        } else {
-            for piece in block_pieces(before, data) {
-                for h in narrow.iter_mut() {
-                    h.update(piece);
-                }
+        for piece in block_pieces(before, data) {
+            for (_, h) in self
+                .hashers
+                .iter_mut()
+                .filter(|(a, _)| a.block_size() == BLOCK)
+            {
+                h.update(piece);
             }
         }
     }
