@@ -357,6 +357,66 @@ fn bytes_changed_on_the_server_during_the_download_are_caught() {
     }
 }
 
+/// A store whose ETag is not the MD5 of what it serves (AWS documents that an ETag may not be
+/// one): here an object's file rewritten behind the sandbox's back, so it keeps serving the
+/// old ETag with the new bytes, the same on every GET. By default the object fails, and the
+/// summary says what that may mean and what to do; `--on-checksum-mismatch keep` archives it,
+/// flagged with what the bytes gave, once two downloads agree.
+#[test]
+fn an_etag_that_is_not_the_md5_fails_unless_told_to_keep_it() {
+    use md5::Digest as _;
+    let fx = S3Fixture::sandbox();
+    fx.bucket("bkt");
+    let stated = pseudo_random(10_000, 7);
+    let served = pseudo_random(10_000, 8);
+    fx.put("bkt", "odd.bin", &stated);
+    fx.put("bkt", "plain.txt", b"plain");
+    let path = fx.sandbox.as_ref().unwrap().object_path("bkt", "odd.bin");
+    std::fs::write(&path, &served).unwrap();
+    let md5 = |d: &[u8]| hex::encode(md5::Md5::digest(d));
+    let tmp = tempdir();
+
+    let strict = tmp.path().join("strict");
+    let run = export_s3(&fx, "s3://bkt", &strict, &["--retries", "2"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("--on-checksum-mismatch keep"),
+        "the summary says what to do: {}",
+        run.stdout
+    );
+    let failures = std::fs::read_to_string(strict.join("ferry/failures.jsonl")).unwrap();
+    assert!(failures.contains("odd.bin") && failures.contains("checksum mismatch"));
+    assert!(!by_key(&strict).contains_key("odd.bin"));
+
+    let kept = tmp.path().join("kept");
+    let run = export_s3(
+        &fx,
+        "s3://bkt",
+        &kept,
+        &["--retries", "2", "--on-checksum-mismatch", "keep", "--json"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let summary: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["mismatched_items"], 1, "{summary}");
+    assert_eq!(summary["archived_items"], 2, "{summary}");
+    let records = by_key(&kept);
+    let check = &records["odd.bin"]["source_checksums"][0];
+    assert_eq!(check["algorithm"], "md5");
+    assert_eq!(check["value"], md5(&stated).as_str());
+    assert_eq!(check["verified"], false);
+    assert_eq!(check["observed"], md5(&served).as_str());
+    assert_eq!(
+        records["plain.txt"]["source_checksums"][0]["verified"],
+        true
+    );
+    let payload = records["odd.bin"]["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(kept.join(payload)).unwrap(), served);
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(kept.join("ferry/run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["options"]["on_checksum_mismatch"], "keep");
+    assert_bagit_py_valid(&kept);
+}
+
 #[test]
 fn a_large_object_streams_with_flat_memory() {
     let fx = S3Fixture::sandbox();

@@ -153,6 +153,18 @@ pub struct SourceArgs {
     /// while reading, checksum mismatches).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub retries: u32,
+    /// What to do when the bytes received do not match a checksum the source states (an S3
+    /// ETag or x-amz-checksum-*, a Drive md5/sha256, a OneDrive quickXorHash).
+    ///
+    /// `fail` (the default): the item is downloaded again, up to --retries times, then listed
+    /// as failed; nothing that disagrees with its source is archived. `keep`: for a source
+    /// whose checksums are not digests of what it serves (S3-compatible stores whose ETags
+    /// are not MD5s: AWS documents that an ETag may or may not be one, and Cloudflare R2's
+    /// multipart uploads before June 2023 are not), the item is downloaded again and kept
+    /// when the two downloads agree, flagged in items.jsonl (`verified: false` and what the
+    /// bytes gave) and counted in the summary; downloads that disagree still fail.
+    #[arg(long, value_name = "WHAT", value_parser = ["fail", "keep"], default_value = "fail")]
+    pub on_checksum_mismatch: String,
     /// fs: follow symbolic links instead of recording them.
     #[arg(long)]
     pub follow_symlinks: bool,

@@ -279,13 +279,14 @@ fn comma_list(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// How the pipeline runs `source`: `--concurrency` (or its default for the source) and
-/// `--retries`.
+/// How the pipeline runs `source`: `--concurrency` (or its default for the source),
+/// `--retries` and `--on-checksum-mismatch`.
 pub fn pipeline_options(args: &SourceArgs, source: &str) -> ferry_core::PipelineOptions {
     ferry_core::PipelineOptions {
         concurrency: args.concurrency_for(source) as usize,
         large_concurrency: LARGE_CONCURRENCY as usize,
         retry: retry_policy(args),
+        keep_mismatched: args.on_checksum_mismatch == "keep",
         ..ferry_core::PipelineOptions::default()
     }
 }

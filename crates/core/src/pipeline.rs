@@ -34,6 +34,13 @@ pub struct PipelineOptions {
     pub retry: RetryPolicy,
     /// A transfer that delivers no bytes for this long is abandoned (and retried).
     pub idle_timeout: Duration,
+    /// What to do when the bytes received do not match a checksum the source states. `false`
+    /// (the default): the transfer is retried, then the item fails. `true`: for sources whose
+    /// stated checksums are not digests of the content they serve (an S3-compatible store
+    /// whose ETags are not MD5s), the item is downloaded again and kept when two downloads
+    /// agree, flagged (the check is recorded with `verified: false` and what the bytes gave,
+    /// and counted in [`RunReport::mismatched_items`]); downloads that disagree still fail.
+    pub keep_mismatched: bool,
 }
 
 impl Default for PipelineOptions {
@@ -43,6 +50,7 @@ impl Default for PipelineOptions {
             large_concurrency: 8,
             retry: RetryPolicy::default(),
             idle_timeout: Duration::from_secs(300),
+            keep_mismatched: false,
         }
     }
 }
@@ -321,6 +329,7 @@ impl Transfer {
             {
                 Ok(stored) => {
                     let outcome = Outcome::Archived {
+                        mismatched: stored.checks.iter().any(|c| !c.verified),
                         path: stored.path,
                         size: stored.size,
                     };
@@ -479,23 +488,35 @@ impl Transfer {
         let mut checks = Vec::with_capacity(item.source_checksums.len());
         for (stated, computed) in checksums.finish(&digests) {
             let matches = computed.eq_ignore_ascii_case(&stated.value);
-            if !matches && !stated.advisory {
+            let advisory = stated.advisory || self.options.keep_mismatched;
+            if !matches && !advisory {
                 writer.abort().await;
                 return Err(Error::transient(format!(
                     "checksum mismatch: the source states {:?} {}, the bytes received have {}",
                     stated.algorithm, stated.value, computed
                 )));
             }
-            if !matches && !last_try && !advisory_seen.contains(&computed) {
-                // A source that rewrites files on download serves the same other bytes every
-                // time; a broken transfer does not. Keep the bytes only when two downloads
-                // agree.
-                advisory_seen.push(computed.clone());
-                writer.abort().await;
-                return Err(Error::transient(format!(
-                    "the bytes received differ from the {:?} the source lists; downloading again to tell a rewrite by the source from a damaged transfer",
-                    stated.algorithm
-                )).with_retry_after(Some(std::time::Duration::ZERO)));
+            if !matches && !advisory_seen.contains(&computed) {
+                // A source that rewrites files on download, or states checksums that are not
+                // of the content, serves the same other bytes every time; a broken transfer
+                // does not. Keep the bytes only when two downloads agree; a checksum the
+                // connector marked advisory keeps the last try's bytes even so (SharePoint
+                // rewrites Office files; a mismatch there is expected, not a fault).
+                if last_try && !stated.advisory {
+                    writer.abort().await;
+                    return Err(Error::transient(format!(
+                        "checksum mismatch: the source states {:?} {}, and no two downloads gave the same bytes (the last had {})",
+                        stated.algorithm, stated.value, computed
+                    )));
+                }
+                if !last_try {
+                    advisory_seen.push(computed.clone());
+                    writer.abort().await;
+                    return Err(Error::transient(format!(
+                        "the bytes received differ from the {:?} the source lists; downloading again to tell a rewrite by the source from a damaged transfer",
+                        stated.algorithm
+                    )).with_retry_after(Some(std::time::Duration::ZERO)));
+                }
             }
             if !matches {
                 tracing::warn!(
@@ -553,6 +574,8 @@ mod tests {
         TruncateFirst(u32),
         /// Deliver different bytes than the checksum says, always.
         Corrupt,
+        /// Deliver different bytes than the checksum says, and other ones on every attempt.
+        CorruptDifferently,
         Permanent,
         Fatal,
         /// The first attempt breaks off after the first chunk; later opens honour the offset.
@@ -635,6 +658,7 @@ mod tests {
                 Script::TruncateFirst(n) if attempt <= *n => data[..data.len() / 2].to_vec(),
                 Script::TruncateFirst(_) => data,
                 Script::Corrupt => data.iter().map(|b| b ^ 1).collect(),
+                Script::CorruptDifferently => data.iter().map(|b| b ^ attempt as u8).collect(),
                 Script::Permanent => return Err(Error::permanent("404 Not Found")),
                 Script::Fatal => return Err(Error::fatal("401 bad credentials")),
                 Script::BreakOnce if attempt == 1 => {
@@ -751,6 +775,7 @@ mod tests {
                 ..Default::default()
             },
             idle_timeout: Duration::from_secs(5),
+            keep_mismatched: false,
         }
     }
 
@@ -844,6 +869,63 @@ mod tests {
             1,
             "only the sink's digests are passed on"
         );
+    }
+
+    /// `keep_mismatched`: a source that serves the same bytes every time, whatever its
+    /// checksum says, is kept and flagged; one whose downloads differ still fails; without the
+    /// option both fail.
+    #[tokio::test]
+    async fn mismatched_items_are_kept_only_when_asked_and_when_two_downloads_agree() {
+        let data = |i: u8| vec![i; 3000];
+        let items = || {
+            vec![
+                (
+                    item("stable", &data(1), Some(&md5_hex(&data(1)))),
+                    data(1),
+                    Script::Corrupt,
+                ),
+                (
+                    item("unstable", &data(2), Some(&md5_hex(&data(2)))),
+                    data(2),
+                    Script::CorruptDifferently,
+                ),
+                (
+                    item("fine", &data(3), Some(&md5_hex(&data(3)))),
+                    data(3),
+                    Script::Ok,
+                ),
+            ]
+        };
+        let (report, _, _) = run(items(), fast_retries(4)).await;
+        assert_eq!((report.archived_items, report.failed_items), (1, 2));
+        assert_eq!(report.mismatched_items, 0);
+
+        let keep = PipelineOptions {
+            keep_mismatched: true,
+            ..fast_retries(4)
+        };
+        let (report, fatal, sink) = run(items(), keep).await;
+        assert!(fatal.is_none());
+        assert_eq!((report.archived_items, report.failed_items), (2, 1));
+        assert_eq!(report.mismatched_items, 1);
+        let stored = sink.stored.lock().unwrap();
+        let served: Vec<u8> = data(1).iter().map(|b| b ^ 1).collect();
+        assert_eq!(stored["stable"].0, served);
+        let check = &stored["stable"].1.checks[0];
+        assert!(!check.verified);
+        assert_eq!(check.value, md5_hex(&data(1)));
+        assert_eq!(check.observed.as_deref(), Some(md5_hex(&served).as_str()));
+        assert!(stored["fine"].1.checks[0].verified);
+        let failures = sink.failures.lock().unwrap();
+        assert_eq!(failures.len(), 1);
+        assert!(
+            failures[0]
+                .error
+                .contains("no two downloads gave the same bytes"),
+            "{}",
+            failures[0].error
+        );
+        assert_eq!(failures[0].attempts, 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,6 +58,9 @@ pub enum Outcome {
         path: String,
         /// Bytes stored.
         size: u64,
+        /// Kept although a checksum the source states did not match (see
+        /// [`PipelineOptions::keep_mismatched`](crate::PipelineOptions::keep_mismatched)).
+        mismatched: bool,
     },
     /// Already stored by an earlier, interrupted attempt of the same export.
     AlreadyArchived,
@@ -88,6 +91,10 @@ pub struct RunReport {
     pub resumed_items: u64,
     /// Bytes in those items.
     pub resumed_bytes: u64,
+    /// Of the items stored, those kept although a checksum the source states did not match
+    /// their bytes (two downloads agreed; each flagged in items.jsonl).
+    #[serde(default)]
+    pub mismatched_items: u64,
     /// Items recorded but not archived (links, special files, …).
     pub skipped_items: u64,
     /// Skipped items by reason.
@@ -149,6 +156,7 @@ impl RunReport {
             archived_bytes: 0,
             resumed_items: 0,
             resumed_bytes: 0,
+            mismatched_items: 0,
             skipped_items: 0,
             skipped_reasons: BTreeMap::new(),
             failed_items: 0,
@@ -163,9 +171,12 @@ impl RunReport {
     /// Adds one item's outcome to the counts.
     pub fn add(&mut self, outcome: &Outcome, size_hint: Option<u64>) {
         match outcome {
-            Outcome::Archived { size, .. } => {
+            Outcome::Archived {
+                size, mismatched, ..
+            } => {
                 self.archived_items += 1;
                 self.archived_bytes += size;
+                self.mismatched_items += u64::from(*mismatched);
             }
             Outcome::AlreadyArchived => {
                 self.resumed_items += 1;

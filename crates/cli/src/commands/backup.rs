@@ -72,6 +72,9 @@ struct BackupSummary {
     repository: String,
     run: Option<String>,
     counts: Option<ferry_repo::format::RunCounts>,
+    /// Items stored although a checksum the source states did not match (see
+    /// `--on-checksum-mismatch`).
+    mismatched_items: u64,
     elapsed_seconds: f64,
     failures: Vec<ferry_core::Failure>,
     error: Option<String>,
@@ -155,6 +158,7 @@ pub(crate) async fn run_one(
         repository: repo.store().uri(),
         run: Some(backup.id().to_string()),
         counts: None,
+        mismatched_items: report.mismatched_items,
         elapsed_seconds: 0.0,
         failures: report.failures.clone(),
         error: None,
@@ -226,8 +230,17 @@ fn print_backup(s: &BackupSummary) {
             HumanBytes(c.state_bytes)
         );
     }
+    if s.mismatched_items > 0 {
+        println!(
+            "  {} items kept although they do not match a checksum the source states (two downloads agreed; flagged `verified: false` in their records)",
+            s.mismatched_items
+        );
+    }
     for f in s.failures.iter().take(10) {
         println!("  FAILED {}: {}", f.name, f.error);
+    }
+    if let Some(hint) = super::export::mismatch_hint(&s.failures) {
+        println!("  {hint}");
     }
     if let Some(e) = &s.error {
         println!("  {e}");

@@ -36,6 +36,10 @@ pub struct ExportSummary {
     pub resumed_items: u64,
     /// Items recorded without content (links, empty folders, special files).
     pub skipped_items: u64,
+    /// Of the items stored, those kept although a checksum the source states did not match
+    /// (`--on-checksum-mismatch keep`, or a source known to rewrite what it serves; each
+    /// flagged in items.jsonl).
+    pub mismatched_items: u64,
     /// Items that could not be archived (all listed in ferry/failures.jsonl).
     pub failed_items: u64,
     /// Transfers retried.
@@ -102,6 +106,10 @@ fn bag_options(args: &ExportArgs) -> BagOptions {
     let concurrency = args.src.concurrency_for(&args.source);
     run_options.insert("concurrency".into(), concurrency.into());
     run_options.insert("retries".into(), args.src.retries.into());
+    run_options.insert(
+        "on_checksum_mismatch".into(),
+        args.src.on_checksum_mismatch.clone().into(),
+    );
     run_options.insert("compress".into(), args.compress.into());
     run_options.insert("follow_symlinks".into(), args.src.follow_symlinks.into());
     BagOptions {
@@ -245,6 +253,7 @@ fn summarize(
         archived_bytes: report.archived_bytes,
         resumed_items: report.resumed_items,
         skipped_items: report.skipped_items,
+        mismatched_items: report.mismatched_items,
         failed_items: report.failed_items,
         retries: report.retries,
         payload_files: bag.map(|b| b.payload_files),
@@ -258,6 +267,20 @@ fn summarize(
         failures: report.failures.clone(),
         error,
     }
+}
+
+/// Advice for a run whose failures include checksum mismatches: what they may mean, and the
+/// option for a source whose checksums are not of its content (shared with `ferry backup`).
+pub(crate) fn mismatch_hint(failures: &[ferry_core::Failure]) -> Option<String> {
+    let n = failures
+        .iter()
+        .filter(|f| f.error.starts_with("checksum mismatch"))
+        .count();
+    (n > 0).then(|| {
+        format!(
+            "{n} of these did not match a checksum the source states, on every download. Either the source holds other bytes than its checksum says (damaged at the source, or changed behind its back), or its checksums are not digests of the content (an S3-compatible store whose ETags are not MD5s); for the latter, rerun with --on-checksum-mismatch keep (items are kept when two downloads agree, flagged in items.jsonl)."
+        )
+    })
 }
 
 fn print_human(s: &ExportSummary) {
@@ -287,6 +310,12 @@ fn print_human(s: &ExportSummary) {
     if s.retries > 0 {
         println!("  {} transfers retried", s.retries);
     }
+    if s.mismatched_items > 0 {
+        println!(
+            "  {} items kept although they do not match a checksum the source states (two downloads agreed; flagged `verified: false` in items.jsonl)",
+            s.mismatched_items
+        );
+    }
     if s.failed_items > 0 {
         println!(
             "  {} items FAILED (listed in ferry/failures.jsonl):",
@@ -297,6 +326,9 @@ fn print_human(s: &ExportSummary) {
         }
         if s.failed_items > 10 {
             println!("    … and {} more", s.failed_items - 10);
+        }
+        if let Some(hint) = mismatch_hint(&s.failures) {
+            println!("  {hint}");
         }
     }
     if let (Some(files), Some(bytes)) = (s.payload_files, s.payload_bytes) {
