@@ -417,6 +417,74 @@ fn an_etag_that_is_not_the_md5_fails_unless_told_to_keep_it() {
     assert_bagit_py_valid(&kept);
 }
 
+/// Keys that S3 encodes in url-encoded listings (`+`, spaces, `%`, non-ASCII) on page
+/// boundaries: the plain listing and the version listing (a bucket without versioning lists
+/// each object once as version `null`) each give every key exactly once.
+#[test]
+fn pages_go_on_exactly_after_keys_that_listings_encode() {
+    let fx = S3Fixture::sandbox();
+    fx.bucket("enc");
+    let keys = [
+        "a b",
+        "a b2",
+        "a!",
+        "a+b",
+        "a%41",
+        "a%2B",
+        "caf\u{e9}",
+        "caf\u{e9} 2",
+        "plus+and space",
+        "z",
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        fx.put("enc", k, format!("content {i}").as_bytes());
+    }
+    for extra in [
+        &["--page-size", "2"][..],
+        &["--page-size", "2", "--versions"][..],
+    ] {
+        let tmp = tempdir();
+        let bag = tmp.path().join("bag");
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let run = export_s3(&fx, "s3://enc", &bag, &args);
+        assert_eq!(run.code, 0, "{extra:?}: {run:?}");
+        let ids: Vec<String> = items(&bag)
+            .iter()
+            .map(|r| r["source"]["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len(), "{extra:?}: a key twice: {ids:?}");
+        let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        want.sort();
+        assert_eq!(sorted, want, "{extra:?}");
+        if extra.contains(&"--versions") {
+            assert!(items(&bag).iter().all(|r| r["source"]["version"] == "null"));
+        }
+    }
+}
+
+/// A store whose ListObjectsV2 says a page is truncated but gives no continuation token: the
+/// listing goes on after the page's last key instead of stopping there unnoticed.
+#[test]
+fn a_listing_without_continuation_tokens_goes_on_after_the_last_key() {
+    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
+        list_without_continuation: true,
+        ..Default::default()
+    });
+    fx.bucket("notoken");
+    for i in 0..10 {
+        fx.put("notoken", &format!("k{i:02}"), b"x");
+    }
+    let tmp = tempdir();
+    let bag = tmp.path().join("bag");
+    let run = export_s3(&fx, "s3://notoken", &bag, &["--json", "--page-size", "3"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(items(&bag).len(), 10);
+}
+
 #[test]
 fn a_large_object_streams_with_flat_memory() {
     let fx = S3Fixture::sandbox();

@@ -423,6 +423,8 @@ impl Inner {
             scope: Scope::Bucket,
         };
         let mut token: Option<String> = None;
+        // Where the listing goes on when a truncated page gives no continuation token.
+        let mut start_after: Option<String> = None;
         loop {
             let page = send_with_retry(&self.options.retry, &ctx, "a listing page", || {
                 let mut req = built
@@ -430,7 +432,8 @@ impl Inner {
                     .list_objects_v2()
                     .bucket(bucket)
                     .encoding_type(EncodingType::Url)
-                    .set_continuation_token(token.clone());
+                    .set_continuation_token(token.clone())
+                    .set_start_after(start_after.clone());
                 if !self.location.prefix.is_empty() {
                     req = req.prefix(&self.location.prefix);
                 }
@@ -445,6 +448,7 @@ impl Inner {
                 Err(e) => return self.page_failed(tx, bucket, "listing", e).await,
             };
             let encoded = page.encoding_type() == Some(&EncodingType::Url);
+            let mut last_key: Option<String> = None;
             for o in page.contents() {
                 let Some(raw) = o.key() else { continue };
                 let key = if encoded {
@@ -452,6 +456,7 @@ impl Inner {
                 } else {
                     raw.to_string()
                 };
+                last_key = Some(key.clone());
                 if !self.wanted(&key) {
                     continue;
                 }
@@ -469,9 +474,32 @@ impl Inner {
                 self.send(tx, Ok(Listing::Item(self.item(&built.host, listed))))
                     .await?;
             }
+            if page.is_truncated() != Some(true) {
+                return Ok(());
+            }
             match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => return Ok(()),
+                Some(next) if token.as_deref() != Some(next) => {
+                    token = Some(next.to_string());
+                    start_after = None;
+                }
+                // A truncated page without a (new) token: a store whose ListObjectsV2 does not
+                // page as S3 documents. Go on after the page's last key, as with the first
+                // version of the listing; stopping here would leave the rest out unnoticed.
+                _ => match last_key {
+                    Some(last) if start_after.as_deref() < Some(last.as_str()) => {
+                        tracing::debug!(
+                            "s3://{bucket}: a truncated listing page without a continuation token; going on after {last:?}"
+                        );
+                        token = None;
+                        start_after = Some(last);
+                    }
+                    _ => {
+                        let e = Error::permanent(
+                            "the store says the listing goes on but gives no way to continue it (no new continuation token, no keys to start after); the keys after this point were not listed",
+                        );
+                        return self.page_failed(tx, bucket, "listing", e).await;
+                    }
+                },
             }
         }
     }
@@ -565,11 +593,21 @@ impl Inner {
             if page.is_truncated() != Some(true) {
                 return Ok(());
             }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() {
-                return Ok(());
+            // With EncodingType=url the markers come encoded like the keys; the request takes
+            // the key itself.
+            let next = (
+                page.next_key_marker().map(decode),
+                page.next_version_id_marker().map(str::to_string),
+            );
+            if next.0.is_none() || next == (key_marker.clone(), version_marker.clone()) {
+                // Stopping quietly would leave the rest out unnoticed; going round again would
+                // never end.
+                let e = Error::permanent(
+                    "the store says the version listing goes on but gives no new NextKeyMarker to continue from; the versions after this point were not listed",
+                );
+                return self.page_failed(tx, bucket, "version listing", e).await;
             }
+            (key_marker, version_marker) = next;
         }
     }
 

@@ -63,6 +63,9 @@ pub struct Faults {
     /// network do (S3 in a region: tens of milliseconds to the first byte). Clients that keep
     /// few requests in flight then run as slowly against the sandbox as against the cloud.
     pub latency: std::time::Duration,
+    /// Truncated ListObjectsV2 pages give no continuation token, as a store whose v2 listing
+    /// does not page as S3 documents might (a client can go on with start-after).
+    pub list_without_continuation: bool,
 }
 
 /// Denies reads of part of a bucket; otherwise lets every signed request through.
@@ -177,7 +180,9 @@ impl S3Server {
     pub async fn start_with(root: &Path, port: u16, faults: Faults) -> io::Result<S3Server> {
         std::fs::create_dir_all(root)?;
         let counters = Arc::new(S3Counters::default());
-        let backend = s3::SandboxS3::new(root)?.change_while_read(faults.change_while_read.clone());
+        let backend = s3::SandboxS3::new(root)?
+            .change_while_read(faults.change_while_read.clone())
+            .list_without_continuation(faults.list_without_continuation);
         let service = {
             let mut b = S3ServiceBuilder::new(backend);
             b.set_auth(SimpleAuth::from_single(S3_ACCESS_KEY, S3_SECRET_KEY));

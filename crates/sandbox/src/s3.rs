@@ -14,6 +14,10 @@
 //! server again. Here s3s-fs answers the GET (headers, ranges, errors, checksums) and the body
 //! is read from the same file in 256 KiB pieces.
 //!
+//! s3s-fs has no versioning and no ListObjectVersions; here a bucket lists its versions as S3
+//! lists those of a bucket that never had versioning (each object once, version `null`, which
+//! GET and HEAD accept), so version listings page against the sandbox too.
+//!
 //! Keys are exactly those s3s-fs lists: the files under the bucket's folder, their paths joined
 //! with `/`, names that are not UTF-8 skipped (folders alone are not objects). s3s-fs keeps its
 //! own files (metadata, ETags, upload parts, temporary files) at the root, outside the buckets.
@@ -53,6 +57,8 @@ pub(crate) struct SandboxS3 {
     snapshots: Mutex<Snapshots>,
     /// The object (bucket, key) whose bytes change during its next GET, once.
     change_while_read: Mutex<Option<(String, String)>>,
+    /// ListObjectsV2 pages that say they are truncated give no continuation token.
+    list_without_continuation: bool,
 }
 
 /// The recent listings' snapshots, oldest first.
@@ -92,7 +98,16 @@ impl SandboxS3 {
             root,
             snapshots: Mutex::default(),
             change_while_read: Mutex::default(),
+            list_without_continuation: false,
         })
+    }
+
+    /// Truncated ListObjectsV2 pages leave out their continuation token, as a store whose v2
+    /// listing does not page as S3 documents might: a client must notice, and can go on with
+    /// start-after.
+    pub(crate) fn list_without_continuation(mut self, on: bool) -> Self {
+        self.list_without_continuation = on;
+        self
     }
 
     /// Changes some bytes of `bucket`/`key` in its file (same size, same stored ETag) right
@@ -508,7 +523,7 @@ macro_rules! impl_s3 {
     };
 }
 
-// Every operation s3s-fs 0.14.1 implements, but the two listings and GetObject.
+// Every operation s3s-fs 0.14.1 implements, but the listings, GetObject and HeadObject.
 impl_s3! {
     delegate {
         create_bucket(CreateBucketInput) -> CreateBucketOutput;
@@ -518,7 +533,6 @@ impl_s3! {
         delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
         get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
         head_bucket(HeadBucketInput) -> HeadBucketOutput;
-        head_object(HeadObjectInput) -> HeadObjectOutput;
         list_buckets(ListBucketsInput) -> ListBucketsOutput;
         put_object(PutObjectInput) -> PutObjectOutput;
         create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
@@ -562,7 +576,7 @@ impl_s3! {
             contents,
             common_prefixes,
             continuation_token: input.continuation_token,
-            next_continuation_token: next,
+            next_continuation_token: next.filter(|_| !self.list_without_continuation),
             delimiter: input.delimiter.map(|d| encode(d, url)),
             encoding_type: input.encoding_type,
             name: Some(input.bucket),
@@ -576,8 +590,12 @@ impl_s3! {
     /// pieces from the same file (see the module's notes).
     async fn get_object(
         &self,
-        req: S3Request<GetObjectInput>,
+        mut req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
+        // Version `null`: the one version of an object in a bucket without versioning.
+        if req.input.version_id.as_deref() == Some("null") {
+            req.input.version_id = None;
+        }
         let path = self.plain_object_path(&req.input.bucket, &req.input.key);
         let change = {
             let mut pending = self
@@ -657,6 +675,69 @@ impl_s3! {
             prefix: input.prefix.map(|p| encode(p, url)),
             ..Default::default()
         }))
+    }
+
+    /// ListObjectVersions as S3 answers it for a bucket that never had versioning (s3s-fs
+    /// keeps one version of each object): every object once, version id `null`, the latest;
+    /// pages by key marker, markers encoded like the keys when asked.
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let mut listing = self
+            .list(Query {
+                bucket: &input.bucket,
+                prefix: input.prefix.as_deref().unwrap_or("").trim_start_matches('/'),
+                delimiter: input.delimiter.as_deref(),
+                marker: input.key_marker.as_deref(),
+                max_keys: input.max_keys,
+                snapshot: None,
+            })
+            .await?;
+        let url = wants_url(input.encoding_type.as_ref());
+        let (contents, common_prefixes, _) = entries(&mut listing, url);
+        let versions: Vec<ObjectVersion> = contents
+            .unwrap_or_default()
+            .into_iter()
+            .map(|o| ObjectVersion {
+                e_tag: o.e_tag,
+                is_latest: Some(true),
+                key: o.key,
+                last_modified: o.last_modified,
+                size: o.size,
+                version_id: Some("null".into()),
+                ..Default::default()
+            })
+            .collect();
+        let truncated = listing.next.is_some();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            max_keys: Some(listing.max_keys),
+            is_truncated: Some(truncated),
+            versions: (!versions.is_empty()).then_some(versions),
+            common_prefixes,
+            next_key_marker: listing.next.map(|m| encode(m, url)),
+            next_version_id_marker: truncated.then(|| "null".to_string()),
+            key_marker: input.key_marker.map(|m| encode(m, url)),
+            version_id_marker: input.version_id_marker,
+            delimiter: input.delimiter.map(|d| encode(d, url)),
+            encoding_type: input.encoding_type,
+            name: Some(input.bucket),
+            prefix: input.prefix.map(|p| encode(p, url)),
+            ..Default::default()
+        }))
+    }
+
+    /// s3s-fs's HeadObject, with version id `null` (the only version of an object in a bucket
+    /// without versioning, as S3 names it) taken as no version id.
+    async fn head_object(
+        &self,
+        mut req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        if req.input.version_id.as_deref() == Some("null") {
+            req.input.version_id = None;
+        }
+        self.fs.head_object(req).await
     }
 }
 
