@@ -302,3 +302,35 @@ fn object_lock_retention_is_set_on_every_object() {
     }
     with_endpoint(&fx, &["verify", "s3://locked/deposit"]).expect_code(0);
 }
+
+/// A bag of more than one listing page in a store whose ListObjectsV2 gives no continuation
+/// tokens: verifying it in place lists every object (going on after each page's last key),
+/// not the first page only.
+#[test]
+fn a_bag_of_many_pages_verifies_where_listings_give_no_tokens() {
+    let fx = S3Fixture::sandbox_with(ferry_sandbox::Faults {
+        list_without_continuation: true,
+        ..Default::default()
+    });
+    fx.bucket("bags");
+    let tmp = tempdir();
+    let src = tmp.path().join("many");
+    // 1,010 payload files and the bag's own files: two pages of 1,000 keys.
+    for i in 0..1010 {
+        write(&src.join(format!("d{}/f{i:04}.txt", i % 10)), b"x");
+    }
+    let run = with_endpoint(
+        &fx,
+        &[
+            "export",
+            &format!("fs:{}", src.display()),
+            "--to",
+            "s3://bags/many",
+            "--work-dir",
+            tmp.path().join("work").to_str().unwrap(),
+            "--json",
+        ],
+    );
+    run.expect_code(0);
+    with_endpoint(&fx, &["verify", "s3://bags/many"]).expect_code(0);
+}

@@ -123,6 +123,8 @@ impl ObjectStore for S3Store {
         };
         let mut out = Vec::new();
         let mut token: Option<String> = None;
+        // Where the listing goes on when a truncated page gives no continuation token.
+        let mut start_after: Option<String> = None;
         loop {
             let page = send_with_retry(&inner.retry(), &ctx, "a listing page", || {
                 built
@@ -132,10 +134,12 @@ impl ObjectStore for S3Store {
                     .prefix(&full_prefix)
                     .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                     .set_continuation_token(token.clone())
+                    .set_start_after(start_after.clone())
                     .send()
             })
             .await?;
             let encoded = page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
+            let mut last_key = None;
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
                 let key = if encoded {
@@ -143,6 +147,7 @@ impl ObjectStore for S3Store {
                 } else {
                     k.to_string()
                 };
+                last_key = Some(key.clone());
                 let Some(rel) = key.strip_prefix(&root) else {
                     continue;
                 };
@@ -151,9 +156,27 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                 });
             }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            // As in the connector's listing: a truncated page without a new token goes on
+            // after its last key; with no way on, an error rather than half a listing.
             match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+                Some(t) if token.as_deref() != Some(t) => {
+                    token = Some(t.to_string());
+                    start_after = None;
+                }
+                _ => match last_key {
+                    Some(last) if start_after.as_deref() < Some(last.as_str()) => {
+                        token = None;
+                        start_after = Some(last);
+                    }
+                    _ => {
+                        return Err(Error::permanent(format!(
+                            "{what}: the store says the listing goes on but gives no way to continue it"
+                        )))
+                    }
+                },
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
