@@ -414,6 +414,29 @@ fn users_include_spam_trash_and_trashed_choose_what_is_read() {
     assert_bagit_py_valid(&bag);
 }
 
+/// A server that answers a later page with the page token it was given: the listing stops
+/// with a failure that says so, neither reading the same page forever nor quietly leaving the
+/// rest out.
+#[test]
+fn a_repeated_page_token_is_an_error_not_an_endless_or_short_listing() {
+    let fx = GoogleFixture::start(GoogleConfig {
+        faults: GoogleFaults {
+            repeat_page_token: true,
+            ..GoogleFaults::default()
+        },
+        ..config(2, 20, 14)
+    });
+    let dir = tempdir();
+    let bag = dir.path().join("g");
+    let run = fx.export(&bag, &["--json", "--retries", "1", "--page-size", "3"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains("next page token is the one just used"),
+        "{all}"
+    );
+}
+
 #[test]
 fn a_storm_of_throttling_and_broken_downloads_loses_nothing() {
     let fx = GoogleFixture::start(GoogleConfig {

@@ -323,6 +323,25 @@ fn a_permanently_failing_item_is_listed_and_everything_else_archived() {
     assert_bagit_py_valid(&bag);
 }
 
+/// A server whose `@odata.nextLink` points back at the page just read: the listing stops
+/// with a failure that says so, instead of reading the same page forever.
+#[test]
+fn a_next_link_to_the_same_page_is_an_error_not_an_endless_listing() {
+    let fx = GraphFixture::start(GraphConfig {
+        faults: GraphFaults {
+            repeat_next_link: true,
+            ..GraphFaults::default()
+        },
+        ..config(2, 12, 6)
+    });
+    let dir = tempdir();
+    let bag = dir.path().join("m365");
+    let run = fx.export(&bag, &["--json", "--retries", "1", "--page-size", "2"]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(all.contains("@odata.nextLink repeats"), "{all}");
+}
+
 #[test]
 fn a_sharepoint_office_file_served_rewritten_is_kept_and_flagged() {
     let fx = GraphFixture::start(GraphConfig {

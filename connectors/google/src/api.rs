@@ -343,9 +343,19 @@ impl Pages<'_> {
             .get_json(&url, self.user, self.api, self.what)
             .await?;
         match page.get("nextPageToken").and_then(Value::as_str) {
-            Some(t) if !t.is_empty() && Some(t) != self.token.as_deref() => {
-                self.token = Some(t.to_string())
+            Some(t) if !t.is_empty() && Some(t) == self.token.as_deref() => {
+                // The same page again would be listed forever; stopping quietly would leave
+                // the rest out unnoticed.
+                return Err(ApiError {
+                    status: None,
+                    reason: String::new(),
+                    error: Error::permanent(format!(
+                        "{}: the listing's next page token is the one just used; the rest was not listed",
+                        self.what
+                    )),
+                });
             }
+            Some(t) if !t.is_empty() => self.token = Some(t.to_string()),
             _ => self.done = true,
         }
         Ok(Some(page))

@@ -392,6 +392,18 @@ impl Pages<'_> {
                     let link =
                         |key: &str| page.get(key).and_then(Value::as_str).map(str::to_string);
                     self.next = link("@odata.nextLink");
+                    if self.next.as_deref() == Some(url.as_str()) {
+                        // A page that links to itself would be listed forever.
+                        return Err(GraphError {
+                            status: None,
+                            code: String::new(),
+                            location: None,
+                            error: Error::permanent(format!(
+                                "{}: the listing's next page is the page just read (@odata.nextLink repeats); the rest was not listed",
+                                self.what
+                            )),
+                        });
+                    }
                     if self.next.is_none() {
                         self.delta_link = link("@odata.deltaLink");
                     }

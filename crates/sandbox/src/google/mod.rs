@@ -26,7 +26,7 @@
 //!   pages are deliberately short (and one Drive page empty) while more follow.
 //! - Faults ([`GoogleFaults`]): 403 `userRateLimitExceeded` (no `Retry-After`) and 429
 //!   `rateLimitExceeded` (`Retry-After: 1`), 503 `backendError`, truncated and corrupted
-//!   downloads, token revocation. Gmail's per-user concurrency limit (Gmail and Drive requests
+//!   downloads, token revocation, a page token answered with itself. Gmail's per-user concurrency limit (Gmail and Drive requests
 //!   of one subject together, held until the body is sent) → 429 `rateLimitExceeded` "Too many
 //!   concurrent requests for user."
 //!
@@ -235,6 +235,10 @@ pub struct GoogleFaults {
     pub fail_file_always: Option<String>,
     /// At every multiple of N API requests, every token issued so far is revoked (→ 401).
     pub expire_tokens_after_requests: u64,
+    /// A list call asked for a later page answers with the very `pageToken` it was given as
+    /// its `nextPageToken`, as a broken server might: a client that follows it blindly never
+    /// ends, one that stops quietly leaves the rest out.
+    pub repeat_page_token: bool,
 }
 
 /// Counters, from [`GoogleServer::stats`].
@@ -615,7 +619,12 @@ impl State {
             take = size;
         }
         let end = (start + take).min(items.len());
-        let next = (end < items.len()).then(|| self.page_token(scope, end, page + 1));
+        let next = (end < items.len()).then(|| match r.q("pageToken") {
+            Some(given) if self.cfg.faults.repeat_page_token && !given.is_empty() => {
+                given.to_string()
+            }
+            _ => self.page_token(scope, end, page + 1),
+        });
         Ok((&items[start..end], next))
     }
 

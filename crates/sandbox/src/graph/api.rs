@@ -134,7 +134,9 @@ fn paged(state: &State, ctx: &Ctx, r: &Req, context: &str, items: Vec<Value>) ->
         "@odata.context": format!("{}/{}/$metadata#{context}", state.base, r.version),
         "value": value,
     });
-    if end < items.len() {
+    if end < items.len() && state.cfg.faults.repeat_next_link {
+        body["@odata.nextLink"] = json!(self_link(state, r, &raw_path(r), &[], &[]));
+    } else if end < items.len() {
         let tok = encode_token(state, &json!({"o": end, "p": page + 1, "s": size}));
         body["@odata.nextLink"] = json!(self_link(
             state,

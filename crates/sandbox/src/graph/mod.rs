@@ -20,7 +20,8 @@
 //!   {"date","request-id","client-request-id"}}}` with `request-id`/`client-request-id` headers.
 //! - Paging (graph/paging): `@odata.nextLink` absolute and opaque (`$skiptoken`); page size from
 //!   `$top` or `Prefer: odata.maxpagesize` (echoed in `Preference-Applied`), capped at 999.
-//!   Some pages are deliberately short while more follow.
+//!   Some pages are deliberately short while more follow. (Fault: a next link to the page
+//!   just served, [`GraphFaults::repeat_next_link`].)
 //! - `GET /users` (`$filter` on `userPrincipalName`/`mail eq`, `accountEnabled eq true`,
 //!   `assignedLicenses/$count ne 0`), `/users/{id|upn}`, `/groups`, `/groups/{id}/members`.
 //! - Mail (user-list-mailfolders, mailfolder-list-childfolders, message-delta, message-get
@@ -192,6 +193,10 @@ pub struct GraphFaults {
     /// One SharePoint `.docx` (`Proposal.docx` in the first site's first library) serves bytes
     /// that differ from its listed size and quickXorHash.
     pub sharepoint_size_mismatch: bool,
+    /// Paged collections (users, folders, sites, drives…; not delta listings) link to the page
+    /// just served as their `@odata.nextLink`, as a broken server might: a client that follows
+    /// it blindly never ends.
+    pub repeat_next_link: bool,
 }
 
 /// Counters, from [`GraphServer::stats`].
