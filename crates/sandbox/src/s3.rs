@@ -110,6 +110,31 @@ impl SandboxS3 {
         self
     }
 
+    /// One page of a listing that resumes after a marker (ListObjects v1, ListObjectVersions):
+    /// each page walks, as there is no token to name a snapshot by. Also whether the answer's
+    /// keys are to be url-encoded.
+    async fn marker_page(
+        &self,
+        bucket: &str,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+        marker: Option<&str>,
+        max_keys: Option<i32>,
+        encoding: Option<&EncodingType>,
+    ) -> S3Result<(Listing, bool)> {
+        let listing = self
+            .list(Query {
+                bucket,
+                prefix: prefix.unwrap_or("").trim_start_matches('/'),
+                delimiter,
+                marker,
+                max_keys,
+                snapshot: None,
+            })
+            .await?;
+        Ok((listing, wants_url(encoding)))
+    }
+
     /// Changes some bytes of `bucket`/`key` in its file (same size, same stored ETag) right
     /// after the first piece of its next GET's body has gone out, as a writer behind the
     /// store's back would: a client that does not check what it read archives a mix.
@@ -642,24 +667,22 @@ impl_s3! {
         Ok(resp)
     }
 
-    /// ListObjects (version 1) pages by marker, the last entry of the previous page: each
-    /// page walks, as v1 has no token to name a snapshot by.
+    /// ListObjects (version 1) pages by marker, the last entry of the previous page.
     async fn list_objects(
         &self,
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let mut listing = self
-            .list(Query {
-                bucket: &input.bucket,
-                prefix: input.prefix.as_deref().unwrap_or("").trim_start_matches('/'),
-                delimiter: input.delimiter.as_deref(),
-                marker: input.marker.as_deref(),
-                max_keys: input.max_keys,
-                snapshot: None,
-            })
+        let (mut listing, url) = self
+            .marker_page(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                input.marker.as_deref(),
+                input.max_keys,
+                input.encoding_type.as_ref(),
+            )
             .await?;
-        let url = wants_url(input.encoding_type.as_ref());
         let (contents, common_prefixes, _) = entries(&mut listing, url);
         let truncated = listing.next.is_some();
         Ok(S3Response::new(ListObjectsOutput {
@@ -685,17 +708,16 @@ impl_s3! {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
-        let mut listing = self
-            .list(Query {
-                bucket: &input.bucket,
-                prefix: input.prefix.as_deref().unwrap_or("").trim_start_matches('/'),
-                delimiter: input.delimiter.as_deref(),
-                marker: input.key_marker.as_deref(),
-                max_keys: input.max_keys,
-                snapshot: None,
-            })
+        let (mut listing, url) = self
+            .marker_page(
+                &input.bucket,
+                input.prefix.as_deref(),
+                input.delimiter.as_deref(),
+                input.key_marker.as_deref(),
+                input.max_keys,
+                input.encoding_type.as_ref(),
+            )
             .await?;
-        let url = wants_url(input.encoding_type.as_ref());
         let (contents, common_prefixes, _) = entries(&mut listing, url);
         let versions: Vec<ObjectVersion> = contents
             .unwrap_or_default()
