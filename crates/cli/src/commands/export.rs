@@ -274,7 +274,11 @@ fn summarize(
 pub(crate) fn mismatch_hint(failures: &[ferry_core::Failure]) -> Option<String> {
     let n = failures
         .iter()
-        .filter(|f| f.error.starts_with("checksum mismatch"))
+        // The pipeline's words for a mismatch that failed the item outright; with
+        // --on-checksum-mismatch keep already given, a failure says the downloads disagreed.
+        .filter(|f| {
+            f.error.starts_with("checksum mismatch") && f.error.contains("the bytes received have")
+        })
         .count();
     (n > 0).then(|| {
         format!(
