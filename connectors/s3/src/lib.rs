@@ -175,6 +175,47 @@ pub(crate) fn url_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// Where a ListObjectsV2 listing goes on: the page's continuation token, or, from a store
+/// that says a page is truncated but gives no new token (its v2 listing does not page as S3
+/// documents), after the page's last key, as the first version of the listing pages.
+/// Shared by the connector's listing and the store's.
+#[derive(Default)]
+pub(crate) struct ListCursor {
+    /// The next request's continuation token.
+    pub(crate) token: Option<String>,
+    /// The next request's start-after, when there is no token to go on with.
+    pub(crate) start_after: Option<String>,
+}
+
+impl ListCursor {
+    /// Moves on past a page whose last key (decoded) was `last_key`: `Ok(true)` when another
+    /// page follows, `Ok(false)` after the last, `Err(())` when the store says more follow
+    /// but gives no way to reach them (stopping quietly would leave the rest out unnoticed,
+    /// asking again would never end).
+    pub(crate) fn advance(
+        &mut self,
+        page: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output,
+        last_key: Option<String>,
+    ) -> std::result::Result<bool, ()> {
+        if page.is_truncated() != Some(true) {
+            return Ok(false);
+        }
+        match (page.next_continuation_token(), last_key) {
+            (Some(next), _) if self.token.as_deref() != Some(next) => {
+                self.token = Some(next.to_string());
+                self.start_after = None;
+            }
+            (_, Some(last)) if self.start_after.as_deref() < Some(last.as_str()) => {
+                tracing::debug!("a truncated listing page without a new continuation token; going on after {last:?}");
+                self.token = None;
+                self.start_after = Some(last);
+            }
+            _ => return Err(()),
+        }
+        Ok(true)
+    }
+}
+
 fn unquote(etag: &str) -> &str {
     etag.trim_matches('"')
 }
@@ -422,9 +463,7 @@ impl Inner {
             what: &what,
             scope: Scope::Bucket,
         };
-        let mut token: Option<String> = None;
-        // Where the listing goes on when a truncated page gives no continuation token.
-        let mut start_after: Option<String> = None;
+        let mut cursor = ListCursor::default();
         loop {
             let page = send_with_retry(&self.options.retry, &ctx, "a listing page", || {
                 let mut req = built
@@ -432,8 +471,8 @@ impl Inner {
                     .list_objects_v2()
                     .bucket(bucket)
                     .encoding_type(EncodingType::Url)
-                    .set_continuation_token(token.clone())
-                    .set_start_after(start_after.clone());
+                    .set_continuation_token(cursor.token.clone())
+                    .set_start_after(cursor.start_after.clone());
                 if !self.location.prefix.is_empty() {
                     req = req.prefix(&self.location.prefix);
                 }
@@ -474,32 +513,15 @@ impl Inner {
                 self.send(tx, Ok(Listing::Item(self.item(&built.host, listed))))
                     .await?;
             }
-            if page.is_truncated() != Some(true) {
-                return Ok(());
-            }
-            match page.next_continuation_token() {
-                Some(next) if token.as_deref() != Some(next) => {
-                    token = Some(next.to_string());
-                    start_after = None;
+            match cursor.advance(&page, last_key) {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(()) => {
+                    let e = Error::permanent(
+                        "the store says the listing goes on but gives no way to continue it (no new continuation token, no keys to start after); the keys after this point were not listed",
+                    );
+                    return self.page_failed(tx, bucket, "listing", e).await;
                 }
-                // A truncated page without a (new) token: a store whose ListObjectsV2 does not
-                // page as S3 documents. Go on after the page's last key, as with the first
-                // version of the listing; stopping here would leave the rest out unnoticed.
-                _ => match last_key {
-                    Some(last) if start_after.as_deref() < Some(last.as_str()) => {
-                        tracing::debug!(
-                            "s3://{bucket}: a truncated listing page without a continuation token; going on after {last:?}"
-                        );
-                        token = None;
-                        start_after = Some(last);
-                    }
-                    _ => {
-                        let e = Error::permanent(
-                            "the store says the listing goes on but gives no way to continue it (no new continuation token, no keys to start after); the keys after this point were not listed",
-                        );
-                        return self.page_failed(tx, bucket, "listing", e).await;
-                    }
-                },
             }
         }
     }

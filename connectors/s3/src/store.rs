@@ -122,9 +122,7 @@ impl ObjectStore for S3Store {
             scope: Scope::Bucket,
         };
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        // Where the listing goes on when a truncated page gives no continuation token.
-        let mut start_after: Option<String> = None;
+        let mut cursor = crate::ListCursor::default();
         loop {
             let page = send_with_retry(&inner.retry(), &ctx, "a listing page", || {
                 built
@@ -133,8 +131,8 @@ impl ObjectStore for S3Store {
                     .bucket(inner.bucket())
                     .prefix(&full_prefix)
                     .encoding_type(aws_sdk_s3::types::EncodingType::Url)
-                    .set_continuation_token(token.clone())
-                    .set_start_after(start_after.clone())
+                    .set_continuation_token(cursor.token.clone())
+                    .set_start_after(cursor.start_after.clone())
                     .send()
             })
             .await?;
@@ -156,27 +154,15 @@ impl ObjectStore for S3Store {
                     size: o.size().unwrap_or(0).max(0) as u64,
                 });
             }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            // As in the connector's listing: a truncated page without a new token goes on
-            // after its last key; with no way on, an error rather than half a listing.
-            match page.next_continuation_token() {
-                Some(t) if token.as_deref() != Some(t) => {
-                    token = Some(t.to_string());
-                    start_after = None;
+            match cursor.advance(&page, last_key) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(()) => {
+                    // An error rather than half a listing.
+                    return Err(Error::permanent(format!(
+                        "{what}: the store says the listing goes on but gives no way to continue it"
+                    )));
                 }
-                _ => match last_key {
-                    Some(last) if start_after.as_deref() < Some(last.as_str()) => {
-                        token = None;
-                        start_after = Some(last);
-                    }
-                    _ => {
-                        return Err(Error::permanent(format!(
-                            "{what}: the store says the listing goes on but gives no way to continue it"
-                        )))
-                    }
-                },
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
