@@ -207,6 +207,9 @@ enum Computation {
 /// The checksums of one transfer that the shared digests do not cover.
 pub struct ChecksumSet {
     items: Vec<(SourceChecksum, Computation)>,
+    /// Whether one of `items` computes a digest of 64-byte blocks of its own (see
+    /// [`ChecksumSet::update_with`]).
+    own_block_digest: bool,
 }
 
 impl ChecksumSet {
@@ -232,8 +235,18 @@ impl ChecksumSet {
                 };
                 (c.clone(), computation)
             })
-            .collect();
-        ChecksumSet { items }
+            .collect::<Vec<_>>();
+        let own_block_digest = items.iter().any(|(stated, c)| {
+            !matches!(c, Computation::Shared(_))
+                && stated
+                    .algorithm
+                    .digest()
+                    .is_some_and(|d| d.block_size() == BLOCK)
+        });
+        ChecksumSet {
+            items,
+            own_block_digest,
+        }
     }
 
     /// Digest algorithms the shared hasher must compute for these checksums.
@@ -265,14 +278,7 @@ impl ChecksumSet {
     /// turn, for the reason given at [`MultiHasher::update`]: digests side by side cost less
     /// than one after the other.
     pub fn update_with(&mut self, shared: &mut MultiHasher, data: &[u8]) {
-        let interleave = self.items.iter().any(|(stated, c)| {
-            !matches!(c, Computation::Shared(_))
-                && stated
-                    .algorithm
-                    .digest()
-                    .is_some_and(|d| d.block_size() == BLOCK)
-        }) && shared.block_hashers() > 0;
-        if !interleave {
+        if !self.own_block_digest || shared.block_hashers() == 0 {
             shared.update(data);
             self.update(data);
             return;

@@ -55,6 +55,21 @@ impl Default for PipelineOptions {
     }
 }
 
+/// How the error of an item that failed on a source checksum begins.
+const MISMATCH: &str = "checksum mismatch";
+/// What that error says when the item failed outright (not when, with
+/// [`PipelineOptions::keep_mismatched`], its downloads disagreed).
+const RECEIVED: &str = "the bytes received have";
+
+impl Failure {
+    /// Whether the item failed because its bytes did not match a checksum the source states,
+    /// on every download, without [`PipelineOptions::keep_mismatched`]: what a source whose
+    /// checksums are not digests of its content (an S3 store whose ETags are not MD5s) causes.
+    pub fn is_checksum_mismatch(&self) -> bool {
+        self.error.starts_with(MISMATCH) && self.error.contains(RECEIVED)
+    }
+}
+
 /// Items above this size count against [`PipelineOptions::large_concurrency`].
 pub const LARGE_ITEM: u64 = 1 << 20;
 
@@ -492,7 +507,7 @@ impl Transfer {
             if !matches && !advisory {
                 writer.abort().await;
                 return Err(Error::transient(format!(
-                    "checksum mismatch: the source states {:?} {}, the bytes received have {}",
+                    "{MISMATCH}: the source states {:?} {}, {RECEIVED} {}",
                     stated.algorithm, stated.value, computed
                 )));
             }
@@ -505,7 +520,7 @@ impl Transfer {
                 if last_try && !stated.advisory {
                     writer.abort().await;
                     return Err(Error::transient(format!(
-                        "checksum mismatch: the source states {:?} {}, and no two downloads gave the same bytes (the last had {})",
+                        "{MISMATCH}: the source states {:?} {}, and no two downloads gave the same bytes (the last had {})",
                         stated.algorithm, stated.value, computed
                     )));
                 }
@@ -856,6 +871,8 @@ mod tests {
             why("corrupt").error
         );
         assert_eq!(why("corrupt").attempts, 4, "mismatches are retried");
+        assert!(why("corrupt").is_checksum_mismatch());
+        assert!(!why("always-truncated").is_checksum_mismatch());
         assert_eq!(why("corrupt").stage, "check");
         assert_eq!(why("gone").attempts, 1, "permanent errors are not retried");
         assert!(why("always-truncated").error.contains("truncated"));
@@ -926,6 +943,10 @@ mod tests {
             failures[0].error
         );
         assert_eq!(failures[0].attempts, 4);
+        assert!(
+            !failures[0].is_checksum_mismatch(),
+            "downloads that disagreed are not what --on-checksum-mismatch keep is for"
+        );
     }
 
     #[tokio::test(start_paused = true)]

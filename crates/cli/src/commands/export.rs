@@ -272,14 +272,7 @@ fn summarize(
 /// Advice for a run whose failures include checksum mismatches: what they may mean, and the
 /// option for a source whose checksums are not of its content (shared with `ferry backup`).
 pub(crate) fn mismatch_hint(failures: &[ferry_core::Failure]) -> Option<String> {
-    let n = failures
-        .iter()
-        // The pipeline's words for a mismatch that failed the item outright; with
-        // --on-checksum-mismatch keep already given, a failure says the downloads disagreed.
-        .filter(|f| {
-            f.error.starts_with("checksum mismatch") && f.error.contains("the bytes received have")
-        })
-        .count();
+    let n = failures.iter().filter(|f| f.is_checksum_mismatch()).count();
     (n > 0).then(|| {
         format!(
             "{n} of these did not match a checksum the source states, on every download. Either the source holds other bytes than its checksum says (damaged at the source, or changed behind its back), or its checksums are not digests of the content (an S3-compatible store whose ETags are not MD5s); for the latter, rerun with --on-checksum-mismatch keep (items are kept when two downloads agree, flagged in items.jsonl)."
